@@ -1,0 +1,148 @@
+//! Start-up, wiring and shutdown of a ztunnel process.
+//!
+//! Order matters: config and CA load first (a bad file stops start-up with a message), then
+//! every listener is bound (a busy port stops start-up), and only then does anything serve.
+//! SIGTERM drains: stop accepting, GOAWAY on HBONE connections, wait for in-flight
+//! connections up to the drain deadline, then close what is left and exit 0.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use mesh::ca::CertificateAuthority;
+use mesh::certmanager::{FileCa, SecretManager};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, ProxyMode};
+use crate::logging::LogHandle;
+use crate::metrics::Metrics;
+use crate::netns::Netns;
+use crate::proxy::{LocalWorkload, ProxyInputs, Shutdown, WorkloadProxy};
+use crate::readiness::Readiness;
+use crate::tlscache::TlsCache;
+use crate::{inpod, state};
+
+/// Runs ztunnel until SIGTERM/SIGINT and its drain complete.
+pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let args = &cfg.args;
+    let metrics = Metrics::new();
+    let readiness = Readiness::new();
+    let config_loaded = readiness.register("config");
+
+    let path = args.local_xds_path.clone().context("LOCAL_XDS_PATH")?;
+    let reload_metrics = metrics.clone();
+    let (state, watcher) = state::watch_local_file(path, args.config_poll, move |ok| {
+        reload_metrics.record_config_load(ok)
+    })
+    .map_err(anyhow::Error::msg)?;
+    tokio::spawn(watcher);
+    drop(config_loaded);
+
+    let ca_dir = args.ca_dir.clone().context("AMBIT_CA_DIR")?;
+    let ca = CertificateAuthority::from_cacerts_dir(&ca_dir)
+        .with_context(|| format!("loading the file CA from {}", ca_dir.display()))?;
+    let secrets = SecretManager::new(Arc::new(FileCa::new(Arc::new(ca), args.secret_ttl)));
+    let tls = Arc::new(TlsCache::new(secrets.clone()));
+
+    // Bind the operational endpoints before serving anything.
+    admin::check_admin_addr(args.admin_addr).map_err(anyhow::Error::msg)?;
+    let admin_listener = bind(args.admin_addr, "admin").await?;
+    let stats_listener = bind(args.stats_addr, "metrics").await?;
+    let ready_listener = bind(args.readiness_addr, "readiness").await?;
+
+    let shutdown = Shutdown::default();
+    let inputs = ProxyInputs::new(cfg.clone(), state.clone(), tls, metrics.clone(), shutdown.clone());
+
+    let dump_inputs = inputs.clone();
+    let admin_state = AdminState {
+        config_dump: Arc::new(move || {
+            let st = dump_inputs.state.current();
+            let mut dump = st.to_dump();
+            if let Some(obj) = dump.as_object_mut() {
+                obj.insert("certificates".into(), serde_json::to_value(secrets.dump()).unwrap_or_default());
+                obj.insert("servedWorkloads".into(), dump_inputs.served_dump());
+                obj.insert("configStatus".into(), serde_json::to_value(dump_inputs.state.status()).unwrap_or_default());
+            }
+            dump
+        }),
+        log,
+    };
+    // The operational endpoints outlive the drain: readiness must be able to say "not ready"
+    // and metrics must be scrapeable while connections finish.
+    let until_exit = shutdown.force.clone();
+    tokio::spawn(admin::serve_admin(admin_listener, admin_state, until_exit.clone().cancelled_owned()));
+    tokio::spawn(admin::serve_metrics(stats_listener, metrics.clone(), until_exit.clone().cancelled_owned()));
+    tokio::spawn(admin::serve_readiness(ready_listener, readiness.clone(), until_exit.clone().cancelled_owned()));
+
+    // Re-check open connections whenever the config changes.
+    let recheck_inputs = inputs.clone();
+    tokio::spawn(async move {
+        let mut rx = recheck_inputs.state.subscribe();
+        while rx.changed().await.is_ok() {
+            let st = rx.borrow_and_update().clone();
+            let closed = recheck_inputs.conns.recheck(&recheck_inputs.cfg, &st);
+            if closed > 0 {
+                info!(closed, "policy change closed open connections");
+            }
+        }
+    });
+
+    // Serve workloads.
+    let _dedicated = match args.proxy_mode {
+        ProxyMode::Dedicated => {
+            let info = cfg.dedicated_workload.clone().context("PROXY_WORKLOAD_INFO")?;
+            let listeners = readiness.register("listeners");
+            let workload = LocalWorkload::new("dedicated".into(), info, &args.trust_domain, Netns::Current)
+                .map_err(anyhow::Error::msg)?;
+            let proxy = WorkloadProxy::start(&inputs, workload).context("binding workload listeners")?;
+            drop(listeners);
+            Some(proxy)
+        }
+        ProxyMode::Shared => {
+            let first_snapshot = readiness.register("first ZDS snapshot from the node agent");
+            tokio::spawn(inpod::run(inputs.clone(), args.inpod_uds.clone(), first_snapshot));
+            None
+        }
+    };
+    info!(mode = ?args.proxy_mode, "ztunnel started");
+
+    wait_for_signal().await?;
+    drain(&shutdown, args.drain_deadline, &readiness).await;
+    Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} endpoint on {addr}"))
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: draining"),
+        _ = int.recv() => info!("SIGINT: draining"),
+    }
+    Ok(())
+}
+
+/// Graceful drain, bounded by `deadline`.
+async fn drain(shutdown: &Shutdown, deadline: std::time::Duration, readiness: &Readiness) {
+    // Not ready any more: load balancers and kubelet stop sending new work.
+    let _draining = readiness.register("draining");
+    shutdown.drain.cancel();
+    shutdown.tasks.close();
+    let open = shutdown.tasks.len();
+    info!(open, deadline = ?deadline, "waiting for in-flight connections");
+    if tokio::time::timeout(deadline, shutdown.tasks.wait()).await.is_err() {
+        warn!(left = shutdown.tasks.len(), "drain deadline passed; closing remaining connections");
+        shutdown.force.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), shutdown.tasks.wait()).await;
+    }
+    shutdown.force.cancel();
+    info!("drained");
+}

@@ -1,0 +1,339 @@
+//! ztunnel's one typed configuration, filled from flags and the environment variables Istio's
+//! ztunnel reads for the same settings, so a Pod spec written for Istio's ztunnel starts ours.
+//!
+//! Every field is validated here, once; the rest of ztunnel never re-parses strings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use mesh::authz::MtlsMode;
+use mesh::identity::Identity;
+
+/// Where ztunnel serves pods from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProxyMode {
+    /// One ztunnel per node, entering each enrolled pod's network namespace (handed over by ZDS).
+    Shared,
+    /// One ztunnel serving only the network namespace it runs in.
+    Dedicated,
+}
+
+/// Access-log and diagnostic log format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+/// Command-line flags; each one also reads the environment variable named beside it.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ztunnel", version, about = "ambit's per-node L4 agent (HBONE mTLS tunnel)")]
+pub struct Args {
+    /// Local config file (Istio ztunnel's LocalConfig YAML: workloads, services, policies). Watched for changes.
+    #[arg(long, env = "LOCAL_XDS_PATH")]
+    pub local_xds_path: Option<PathBuf>,
+    /// Control-plane xDS address. Not served by this build yet: a local config file is required.
+    #[arg(long, env = "XDS_ADDRESS")]
+    pub xds_address: Option<String>,
+    /// Control-plane CA address. Not served by this build yet: use the file CA (`--ca-dir`).
+    #[arg(long, env = "CA_ADDRESS")]
+    pub ca_address: Option<String>,
+    /// `shared` (per node, pods handed over by ZDS) or `dedicated` (serve only this netns).
+    #[arg(long, env = "PROXY_MODE", value_enum, ignore_case = true, default_value = "shared")]
+    pub proxy_mode: ProxyMode,
+    /// Dedicated mode: the one workload served, as `namespace/name/service-account`.
+    #[arg(long, env = "PROXY_WORKLOAD_INFO")]
+    pub proxy_workload_info: Option<String>,
+    /// ZDS unix socket the node agent listens on (shared mode).
+    #[arg(long, env = "INPOD_UDS", default_value = "/var/run/ztunnel/ztunnel.sock")]
+    pub inpod_uds: PathBuf,
+    /// SO_MARK set on ztunnel's own sockets so the redirect rules skip them.
+    #[arg(long, env = "PACKET_MARK", default_value_t = 1337)]
+    pub packet_mark: u32,
+    /// Connect to applications with the client's original source IP (IP_TRANSPARENT).
+    #[arg(long, env = "ENABLE_ORIG_SRC", action = clap::ArgAction::Set, default_value_t = true)]
+    pub enable_orig_src: bool,
+    /// Serve IPv6 as well; false on kernels without IPv6.
+    #[arg(long, env = "IPV6_ENABLED", action = clap::ArgAction::Set, default_value_t = true)]
+    pub ipv6_enabled: bool,
+    /// Worker threads of the proxy runtime.
+    #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
+    /// Trust domain of workload identities.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Lifetime of workload certificates, e.g. `24h`, `90s`.
+    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub secret_ttl: Duration,
+    /// `text` or `json` logs (access log included).
+    #[arg(long, env = "LOG_FORMAT", value_enum, ignore_case = true, default_value = "text")]
+    pub log_format: LogFormatArg,
+    /// ambit file CA: a directory in Istio's `cacerts` layout (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem).
+    #[arg(long, env = "AMBIT_CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// mTLS mode where no PeerAuthentication says otherwise. STRICT by default: plaintext is opt-in.
+    #[arg(long, env = "AMBIT_DEFAULT_MTLS", default_value = "STRICT", value_parser = parse_mtls_mode)]
+    pub default_mtls: MtlsMode,
+    /// Namespace whose PeerAuthentications apply mesh-wide.
+    #[arg(long, env = "AMBIT_ROOT_NAMESPACE", default_value = "istio-system")]
+    pub root_namespace: String,
+    /// How long SIGTERM waits for in-flight connections before forcing them closed.
+    #[arg(long, env = "AMBIT_DRAIN_DEADLINE", default_value = "30s", value_parser = parse_duration)]
+    pub drain_deadline: Duration,
+    /// Admin endpoint (config dump, log level). Must be a loopback address.
+    #[arg(long, env = "AMBIT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    /// Prometheus metrics endpoint.
+    #[arg(long, env = "AMBIT_STATS_ADDR", default_value = "[::]:15020")]
+    pub stats_addr: SocketAddr,
+    /// Readiness endpoint (`/healthz/ready`).
+    #[arg(long, env = "AMBIT_READINESS_ADDR", default_value = "[::]:15021")]
+    pub readiness_addr: SocketAddr,
+    /// How often the local config file is checked for changes.
+    #[arg(long, env = "AMBIT_CONFIG_POLL", default_value = "250ms", value_parser = parse_duration)]
+    pub config_poll: Duration,
+}
+
+/// The workload a dedicated-mode ztunnel serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadInfo {
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub args: Args,
+    /// Set in dedicated mode only.
+    pub dedicated_workload: Option<WorkloadInfo>,
+}
+
+/// A setting that cannot be used, naming it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {field}: {reason}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Validates parsed flags into a usable configuration.
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        if args.local_xds_path.is_none() {
+            let why = if args.xds_address.is_some() {
+                "this build has no xDS client yet; set LOCAL_XDS_PATH to a local config file"
+            } else {
+                "required (path to the local config file)"
+            };
+            return Err(bad("LOCAL_XDS_PATH", why));
+        }
+        if args.ca_dir.is_none() {
+            let why = if args.ca_address.is_some() {
+                "this build has no CA client yet; set AMBIT_CA_DIR to a cacerts directory"
+            } else {
+                "required (directory with ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem)"
+            };
+            return Err(bad("AMBIT_CA_DIR", why));
+        }
+        if args.worker_threads == 0 {
+            return Err(bad("ZTUNNEL_WORKER_THREADS", "must be at least 1"));
+        }
+        if args.secret_ttl < Duration::from_secs(2) {
+            return Err(bad("SECRET_TTL", "must be at least 2s"));
+        }
+        if args.packet_mark == 0 {
+            return Err(bad(
+                "PACKET_MARK",
+                "must be non-zero, or the redirect rules capture ztunnel itself",
+            ));
+        }
+        if !args.admin_addr.ip().is_loopback() {
+            return Err(bad(
+                "AMBIT_ADMIN_ADDR",
+                format!("{} is not a loopback address", args.admin_addr),
+            ));
+        }
+        // Validates the trust domain with the same parser identities use.
+        Identity::new(&args.trust_domain, "ns", "sa")
+            .map_err(|e| bad("TRUST_DOMAIN", e.to_string()))?;
+        let dedicated_workload = match args.proxy_mode {
+            ProxyMode::Shared => None,
+            ProxyMode::Dedicated => {
+                let info = args.proxy_workload_info.as_deref().ok_or_else(|| {
+                    bad(
+                        "PROXY_WORKLOAD_INFO",
+                        "required in dedicated mode (namespace/name/service-account)",
+                    )
+                })?;
+                Some(parse_workload_info(info)?)
+            }
+        };
+        Ok(Config {
+            args,
+            dedicated_workload,
+        })
+    }
+}
+
+fn parse_workload_info(s: &str) -> Result<WorkloadInfo, ConfigError> {
+    let parts: Vec<&str> = s.split('/').collect();
+    let [namespace, name, service_account] = parts.as_slice() else {
+        return Err(bad(
+            "PROXY_WORKLOAD_INFO",
+            format!("{s:?} is not namespace/name/service-account"),
+        ));
+    };
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(bad(
+            "PROXY_WORKLOAD_INFO",
+            format!("{s:?} has an empty part"),
+        ));
+    }
+    Ok(WorkloadInfo {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        service_account: service_account.to_string(),
+    })
+}
+
+/// Parses Go-style durations as Istio's settings use them: `500ms`, `30s`, `5m`, `24h`, or a
+/// combination such as `1h30m`. A bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("{s:?}: number without unit"))?;
+        if digits == 0 {
+            return Err(format!("{s:?}: expected a number"));
+        }
+        let value: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{s:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(value),
+            "s" => Duration::from_secs(value),
+            "m" => Duration::from_secs(value.saturating_mul(60)),
+            "h" => Duration::from_secs(value.saturating_mul(3600)),
+            other => return Err(format!("{s:?}: unknown unit {other:?}")),
+        };
+        total = total.saturating_add(unit);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+fn parse_mtls_mode(s: &str) -> Result<MtlsMode, String> {
+    match s.to_ascii_uppercase().as_str() {
+        "STRICT" => Ok(MtlsMode::Strict),
+        "PERMISSIVE" => Ok(MtlsMode::Permissive),
+        "DISABLE" => Ok(MtlsMode::Disable),
+        _ => Err(format!("{s:?} is not STRICT, PERMISSIVE or DISABLE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec![
+            "ztunnel",
+            "--local-xds-path",
+            "/tmp/c.yaml",
+            "--ca-dir",
+            "/tmp/ca",
+        ];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        for bad in ["", "h", "5x", "5", "5s3"] {
+            if bad == "5" {
+                continue;
+            }
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dedicated_mode_needs_workload_info() {
+        let err = Config::from_args(args(&["--proxy-mode", "dedicated"])).unwrap_err();
+        assert_eq!(err.field, "PROXY_WORKLOAD_INFO");
+        let cfg = Config::from_args(args(&[
+            "--proxy-mode",
+            "dedicated",
+            "--proxy-workload-info",
+            "default/web/web-sa",
+        ]))
+        .unwrap();
+        assert_eq!(
+            cfg.dedicated_workload.unwrap(),
+            WorkloadInfo {
+                namespace: "default".into(),
+                name: "web".into(),
+                service_account: "web-sa".into()
+            }
+        );
+        let err = Config::from_args(args(&[
+            "--proxy-mode",
+            "dedicated",
+            "--proxy-workload-info",
+            "default//sa",
+        ]))
+        .unwrap_err();
+        assert_eq!(err.field, "PROXY_WORKLOAD_INFO");
+    }
+
+    #[test]
+    fn refuses_unsafe_or_missing_settings() {
+        let err = Config::from_args(args(&["--admin-addr", "0.0.0.0:15000"])).unwrap_err();
+        assert_eq!(err.field, "AMBIT_ADMIN_ADDR");
+        let err = Config::from_args(args(&["--packet-mark", "0"])).unwrap_err();
+        assert_eq!(err.field, "PACKET_MARK");
+        let err = Config::from_args(args(&["--trust-domain", "bad/td"])).unwrap_err();
+        assert_eq!(err.field, "TRUST_DOMAIN");
+        let no_file = Args::try_parse_from(["ztunnel", "--ca-dir", "/x"]).unwrap();
+        assert_eq!(
+            Config::from_args(no_file).unwrap_err().field,
+            "LOCAL_XDS_PATH"
+        );
+    }
+
+    #[test]
+    fn defaults_are_secure() {
+        let cfg = Config::from_args(args(&[])).unwrap();
+        assert_eq!(cfg.args.default_mtls, MtlsMode::Strict);
+        assert!(cfg.args.admin_addr.ip().is_loopback());
+        assert_eq!(cfg.args.packet_mark, 0x539);
+    }
+}

@@ -1,0 +1,120 @@
+//! The current configuration snapshot and the local config file watcher.
+//!
+//! Invariant: subscribers only ever see a fully validated [`State`]. A file that fails to
+//! parse or validate is reported (log line naming the field, failure metric, `lastError` in
+//! the config dump) and the last good snapshot stays in force.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mesh::model::State;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+/// What the admin config dump shows about config loading.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadStatus {
+    /// Incremented each time a new valid config is applied.
+    pub version: u64,
+    /// The error of the most recent load attempt, if it failed.
+    pub last_error: Option<String>,
+}
+
+/// Shared handle on the current configuration.
+#[derive(Clone)]
+pub struct StateHandle {
+    rx: watch::Receiver<Arc<State>>,
+    status: Arc<Mutex<LoadStatus>>,
+}
+
+impl StateHandle {
+    /// The snapshot in force now.
+    pub fn current(&self) -> Arc<State> {
+        self.rx.borrow().clone()
+    }
+
+    /// A receiver that wakes on every applied change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<State>> {
+        self.rx.clone()
+    }
+
+    pub fn status(&self) -> LoadStatus {
+        self.status.lock().expect("status lock").clone()
+    }
+}
+
+/// Loads the file once (start-up fails if it is invalid), then returns the handle and a
+/// watcher future that applies later valid changes.
+pub fn watch_local_file(
+    path: PathBuf,
+    poll: Duration,
+    on_result: impl Fn(bool) + Send + 'static,
+) -> Result<(StateHandle, impl std::future::Future<Output = ()>), String> {
+    let contents = read(&path)?;
+    let state = mesh::model::local_config::parse(&contents)
+        .and_then(|c| c.into_state())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let (tx, rx) = watch::channel(Arc::new(state));
+    let status = Arc::new(Mutex::new(LoadStatus {
+        version: 1,
+        last_error: None,
+    }));
+    let handle = StateHandle {
+        rx,
+        status: status.clone(),
+    };
+    let watcher = async move {
+        let mut last = contents;
+        let mut ticker = tokio::time::interval(poll);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Ok(now) = read(&path) else {
+                // A file being replaced (rename over) can be briefly missing: try next tick.
+                continue;
+            };
+            if now == last {
+                continue;
+            }
+            let result = mesh::model::local_config::parse(&now).and_then(|c| c.into_state());
+            last = now;
+            let mut st = status.lock().expect("status lock");
+            match result {
+                Ok(state) => {
+                    st.version += 1;
+                    st.last_error = None;
+                    info!(path = %path.display(), version = st.version, "applied new local config");
+                    tx.send_replace(Arc::new(state));
+                    on_result(true);
+                }
+                Err(e) => {
+                    let msg = format!("{}: {e}", path.display());
+                    error!(error = %msg, "rejected local config; keeping the last good one");
+                    st.last_error = Some(msg);
+                    on_result(false);
+                }
+            }
+        }
+    };
+    Ok((handle, watcher))
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A handle over a fixed state, for tests.
+pub fn fixed(state: State) -> StateHandle {
+    let (tx, rx) = watch::channel(Arc::new(state));
+    // Keep the sender alive for the life of the process so receivers never see "closed".
+    std::mem::forget(tx);
+    StateHandle {
+        rx,
+        status: Arc::new(Mutex::new(LoadStatus {
+            version: 1,
+            last_error: None,
+        })),
+    }
+}
