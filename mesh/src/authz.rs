@@ -34,6 +34,8 @@ mod wire;
 pub use peer::{check_mtls, effective_mtls_mode, MtlsMode, PeerAuthentication};
 
 #[cfg(test)]
+mod config_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
