@@ -8,7 +8,7 @@ use super::codec::{decode_ack, decode_hello, encode_request, OutRequest};
 use super::socket::{SeqPacket, SeqPacketListener};
 use super::{Version, WorkloadInfo, ZdsError};
 
-/// How long a freshly connected ztunnel has to send its hello. Same as istio-cni's read
+/// Default time a freshly connected ztunnel has to send its hello. Same as istio-cni's read
 /// deadline; it keeps one silent connection from stalling the accept loop forever.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -17,6 +17,7 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ZdsServer {
     listener: SeqPacketListener,
     path: PathBuf,
+    hello_timeout: Duration,
 }
 
 impl ZdsServer {
@@ -26,7 +27,14 @@ impl ZdsServer {
         Ok(ZdsServer {
             listener: SeqPacketListener::bind(path)?,
             path: path.to_path_buf(),
+            hello_timeout: HELLO_TIMEOUT,
         })
+    }
+
+    /// Replaces [`HELLO_TIMEOUT`] as the time a new connection has to send its hello.
+    pub fn with_hello_timeout(mut self, timeout: Duration) -> Self {
+        self.hello_timeout = timeout;
+        self
     }
 
     /// The path the server listens on.
@@ -36,16 +44,17 @@ impl ZdsServer {
 
     /// Accepts the next ztunnel and reads its hello.
     ///
-    /// Errors concern that one connection (bad or missing hello within [`HELLO_TIMEOUT`],
+    /// Errors concern that one connection (bad or missing hello within the hello timeout,
     /// unsupported version); the server stays usable and the caller should keep accepting.
     pub async fn accept(&self) -> Result<ZdsAgentConn, ZdsError> {
         let sock = self.listener.accept().await?;
-        let hello = tokio::time::timeout(HELLO_TIMEOUT, sock.recv())
+        let timeout = self.hello_timeout;
+        let hello = tokio::time::timeout(timeout, sock.recv())
             .await
             .map_err(|_| {
                 ZdsError::Io(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!("ztunnel sent no ZDS hello within {HELLO_TIMEOUT:?}"),
+                    format!("ztunnel sent no ZDS hello within {timeout:?}"),
                 ))
             })??;
         if !hello.fds.is_empty() {
@@ -65,7 +74,7 @@ impl ZdsServer {
 /// Each `send_*` sends one request and waits for its ack, so at most one request is in flight.
 #[derive(Debug)]
 pub struct ZdsAgentConn {
-    sock: SeqPacket,
+    pub(super) sock: SeqPacket,
     version: Version,
     /// Requests sent whose ack has not been read: non-zero only when a `send_*` future was
     /// dropped (e.g. by a timeout) after sending. Acks pair with requests only by order, so these

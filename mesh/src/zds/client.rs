@@ -13,7 +13,7 @@ use super::{ZdsError, ZdsRequest};
 /// fail to decode with a non-fatal error, see [`ZdsError::is_fatal`]) must be answered exactly once.
 #[derive(Debug)]
 pub struct ZdsClient {
-    sock: SeqPacket,
+    pub(super) sock: SeqPacket,
 }
 
 impl ZdsClient {
