@@ -186,7 +186,10 @@ mod tests {
     #[test]
     fn serde_uses_the_string_form() {
         let id: Identity = serde_json::from_str("\"spiffe://td/ns/n/sa/s\"").unwrap();
-        assert_eq!(serde_json::to_string(&id).unwrap(), "\"spiffe://td/ns/n/sa/s\"");
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            "\"spiffe://td/ns/n/sa/s\""
+        );
         assert!(serde_json::from_str::<Identity>("\"spiffe://td/ns/n\"").is_err());
     }
 

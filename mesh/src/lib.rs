@@ -13,3 +13,4 @@ pub mod identity;
 pub mod model;
 pub mod redirect;
 pub mod tls;
+pub mod zds;
