@@ -1,1 +1,3 @@
 //! ztunnel.
+
+pub mod metrics;
