@@ -1,3 +1,4 @@
 //! ztunnel.
 
 pub mod metrics;
+pub mod readiness;
