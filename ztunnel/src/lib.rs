@@ -1,4 +1,6 @@
 //! ztunnel.
 
+pub mod accesslog;
+pub mod logging;
 pub mod metrics;
 pub mod readiness;
