@@ -358,7 +358,7 @@ impl<'de> Deserialize<'de> for Service {
             .unwrap_or_default();
         if let Some(other) = d.vips.iter().find(|a| a.network != network) {
             return Err(serde::de::Error::custom(format!(
-                "vips: {other} is in network {:?} but {} is in {network:?}; \
+                "VIP {other} is in network {:?} but VIP {} is in {network:?}; \
                  ambit keeps one network per service (list the service once per network)",
                 other.network, d.vips[0]
             )));
@@ -396,8 +396,9 @@ pub struct ModelError {
 pub enum ModelErrorKind {
     #[error("must not be empty")]
     Empty,
-    #[error("invalid identity part: {0}")]
-    InvalidIdentity(#[source] IdentityError),
+    /// A trust domain, namespace or service account that cannot be part of a SPIFFE identity.
+    #[error("{value:?} {reason}, so it cannot be part of a SPIFFE identity")]
+    InvalidIdentityPart { value: String, reason: &'static str },
     #[error("duplicate uid {uid:?} (first used by {first})")]
     DuplicateUid { uid: String, first: String },
     #[error("IP {ip} in network {network:?} is already used by {first}")]

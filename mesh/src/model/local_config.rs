@@ -176,13 +176,9 @@ fn typed<T: serde::de::DeserializeOwned>(yaml: &str, prefix: &str) -> Result<T, 
         let raw_path = e.path().to_string();
         let inner = e.into_inner();
         let loc = inner.location();
-        // serde_yaml tracks the path as well and puts it in front of its message; keep it
-        // once, in the structured field.
-        let message = strip_location(&inner.to_string());
-        let message = message
-            .strip_prefix(&format!("{raw_path}: "))
-            .map(str::to_string)
-            .unwrap_or(message);
+        // serde_yaml tracks the path as well (in its own spelling) and puts it in front of its
+        // message; keep it once, in the structured field.
+        let message = strip_yaml_path(&strip_location(&inner.to_string()));
         let path = match (prefix, raw_path.as_str()) {
             ("", p) => p.to_string(),
             (pre, ".") => pre.to_string(),
@@ -196,6 +192,22 @@ fn typed<T: serde::de::DeserializeOwned>(yaml: &str, prefix: &str) -> Result<T, 
             column: loc.as_ref().map(|l| l.column()),
         }
     })
+}
+
+/// Drops a leading `path: ` that serde_yaml puts in front of its messages. A path has no
+/// spaces or quotes, while serde's own messages ("invalid type: ...") do before any colon.
+fn strip_yaml_path(message: &str) -> String {
+    match message.split_once(": ") {
+        Some((head, rest))
+            if !head.is_empty()
+                && head
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-[]?".contains(c)) =>
+        {
+            rest.to_string()
+        }
+        _ => message.to_string(),
+    }
 }
 
 /// serde_yaml appends " at line L column C" to its messages; ours carry the location as data.

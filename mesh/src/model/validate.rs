@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use super::{ModelError, ModelErrorKind, ModelWarning, NetworkAddress, Service, Workload};
 use crate::authz::{Authorization, PeerAuthentication};
-use crate::identity::Identity;
+use crate::identity::{Identity, IdentityError};
 
 /// Checks `workloads` (already defaulted), `services`, `policies` and `peer_auths` against the
 /// invariants listed in the [`model`](super) module header.
@@ -127,20 +127,32 @@ fn validate_workload(path: &str, w: &Workload) -> Result<(), ModelError> {
     non_empty(path, "namespace", &w.namespace)?;
     non_empty(path, "uid", &w.uid)?;
     // Check each identity part on its own, with known-good neighbours, so the error names the
-    // field that is wrong rather than the identity as a whole.
+    // field that is wrong (and only its value) rather than the identity as a whole.
     let parts = [
-        ("trustDomain", Identity::new(&w.trust_domain, "ns", "sa")),
-        ("namespace", Identity::new("td", &w.namespace, "sa")),
+        (
+            "trustDomain",
+            &w.trust_domain,
+            Identity::new(&w.trust_domain, "ns", "sa"),
+        ),
+        (
+            "namespace",
+            &w.namespace,
+            Identity::new("td", &w.namespace, "sa"),
+        ),
         (
             "serviceAccount",
+            &w.service_account,
             Identity::new("td", "ns", &w.service_account),
         ),
     ];
-    for (field, result) in parts {
+    for (field, value, result) in parts {
         if let Err(e) = result {
             return Err(ModelError::new(
                 format!("{path}.{field}"),
-                ModelErrorKind::InvalidIdentity(e),
+                ModelErrorKind::InvalidIdentityPart {
+                    value: value.clone(),
+                    reason: identity_part_reason(&e),
+                },
             ));
         }
     }
@@ -190,6 +202,17 @@ fn validate_service(path: &str, svc: &Service) -> Result<(), ModelError> {
         }
     }
     Ok(())
+}
+
+/// Why one part failed, given that the other two parts were known to be good.
+fn identity_part_reason(e: &IdentityError) -> &'static str {
+    match e {
+        IdentityError::EmptyPart(..) => "is empty",
+        IdentityError::BadCharacter(..) => "has a character outside [A-Za-z0-9._-]",
+        // With good neighbours the only way to change the shape is a '/' in this part.
+        IdentityError::BadShape(..) => "contains '/'",
+        IdentityError::NotUtf8 | IdentityError::MissingScheme(..) => "is not valid",
+    }
 }
 
 fn non_empty(path: &str, field: &str, value: &str) -> Result<(), ModelError> {
