@@ -34,6 +34,8 @@ mod wire;
 pub use peer::{check_mtls, effective_mtls_mode, MtlsMode, PeerAuthentication};
 
 #[cfg(test)]
+mod config_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
@@ -169,8 +171,8 @@ pub struct Match {
     pub destination_ports: Vec<u16>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_destination_ports: Vec<u16>,
-    /// L7-only fields this match carried (e.g. "methods", "paths", "hosts", "requestPrincipals",
-    /// "when:request.headers[x]"). ambit extension, empty for Istio-translated policies.
+    /// L7-only fields this match carried (e.g. `methods`, `paths`, `hosts`, `requestPrincipals`,
+    /// `when:request.headers[x]`). ambit extension, empty for Istio-translated policies.
     /// ALLOW: a rule whose match has any → never matches.
     /// DENY: L7 parts dropped, the rest enforced (if nothing L4 remains, the match matches
     /// everything it can't check).
