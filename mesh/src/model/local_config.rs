@@ -1,0 +1,219 @@
+//! ztunnel's local config file (Istio's `LOCAL_XDS_PATH`), read in the same YAML format Istio's
+//! ztunnel reads, so one file drives either implementation.
+//!
+//! Two top-level forms are accepted:
+//! - a mapping `{workloads, services, policies}` (Istio's `LocalConfig`), plus ambit's extension
+//!   `peerAuthentications: [PeerAuthentication]`;
+//! - the legacy form: the whole file is a list of workloads.
+//!
+//! Fields Istio defines and ambit does not use yet are accepted and ignored, so real Istio files
+//! load; a typo in a field name is therefore ignored too (Istio's own `deny_unknown_fields`
+//! would reject it, but rejecting Istio's newer fields would be worse for a shared file).
+//!
+//! Every error names where it is: the field path (`workloads[1].workloadIps[0]`), plus the line
+//! and column when the YAML parser knows them. Parsing never panics on any input.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::validate::validate;
+use super::{ModelError, ModelWarning, Service, State, Workload};
+use crate::authz::{Authorization, PeerAuthentication};
+
+/// Istio's `LocalWorkload` is a workload plus the map of services it backs; ambit's
+/// [`Workload`] already carries that map (`services`), so the two are one type.
+pub type LocalWorkload = Workload;
+
+/// The parsed, validated contents of a local config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LocalConfig {
+    /// With Istio's defaults applied ([`Workload::apply_defaults`]): uid, trust domain,
+    /// service account and cluster id are filled in.
+    pub workloads: Vec<LocalWorkload>,
+    pub services: Vec<Service>,
+    pub policies: Vec<Authorization>,
+    /// ambit extension (Istio's local config has no PeerAuthentication).
+    pub peer_authentications: Vec<PeerAuthentication>,
+}
+
+/// Why a local config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config is not valid UTF-8 (first bad byte at offset {offset})")]
+    NotUtf8 { offset: usize },
+    /// The text is not YAML at all.
+    #[error("invalid YAML{}: {message}", at(*.line, *.column))]
+    Syntax {
+        message: String,
+        line: Option<usize>,
+        column: Option<usize>,
+    },
+    /// The top level is neither a mapping nor a list of workloads.
+    #[error("the config must be a mapping (workloads, services, policies, peerAuthentications) or a list of workloads, not {found}")]
+    Shape { found: &'static str },
+    /// A field has the wrong type or value; `path` is e.g. `workloads[1].workloadIps[0]`.
+    #[error("{path}: {message}{}", at(*.line, *.column))]
+    Field {
+        path: String,
+        message: String,
+        line: Option<usize>,
+        column: Option<usize>,
+    },
+    /// The objects are well-formed but break a model rule (duplicates, empty names, ...).
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+impl ConfigError {
+    /// The field path the error is about, when it is about one.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            ConfigError::Field { path, .. } => Some(path),
+            ConfigError::Model(e) => Some(&e.path),
+            _ => None,
+        }
+    }
+}
+
+fn at(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(" (line {l}, column {c})"),
+        _ => String::new(),
+    }
+}
+
+/// Parses and validates; the error names the offending field path, e.g.
+/// `workloads[1].workloadIps[0]: invalid IP address syntax`.
+pub fn parse(yaml: &str) -> Result<LocalConfig, ConfigError> {
+    let mut config = parse_unvalidated(yaml)?;
+    config
+        .workloads
+        .iter_mut()
+        .for_each(Workload::apply_defaults);
+    config.validate()?;
+    Ok(config)
+}
+
+/// [`parse`] for raw bytes (a fuzz target's input, or a file of unknown encoding).
+pub fn parse_bytes(b: &[u8]) -> Result<LocalConfig, ConfigError> {
+    let yaml = std::str::from_utf8(b).map_err(|e| ConfigError::NotUtf8 {
+        offset: e.valid_up_to(),
+    })?;
+    parse(yaml)
+}
+
+/// Reads, parses and validates the file at `path` and builds the [`State`].
+pub fn load(path: &Path) -> Result<State, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_bytes(&bytes)?.into_state()
+}
+
+impl LocalConfig {
+    /// Checks the model rules without building a [`State`]; returns the tolerated oddities.
+    pub fn validate(&self) -> Result<Vec<ModelWarning>, ConfigError> {
+        Ok(validate(
+            &self.workloads,
+            &self.services,
+            &self.policies,
+            &self.peer_authentications,
+        )?)
+    }
+
+    pub fn into_state(self) -> Result<State, ConfigError> {
+        Ok(State::new(
+            self.workloads,
+            self.services,
+            self.policies,
+            self.peer_authentications,
+        )?)
+    }
+}
+
+fn parse_unvalidated(yaml: &str) -> Result<LocalConfig, ConfigError> {
+    // First pass: is it YAML, and which of the two forms? A generic value cannot fail on
+    // content, so any error here is syntax.
+    let value: serde_yaml::Value = serde_yaml::from_str(yaml).map_err(|e| {
+        let loc = e.location();
+        ConfigError::Syntax {
+            message: strip_location(&e.to_string()),
+            line: loc.as_ref().map(|l| l.line()),
+            column: loc.as_ref().map(|l| l.column()),
+        }
+    })?;
+    // Second pass from the text (not the value) so errors keep their line and column.
+    match value {
+        // An empty file is an empty config: nothing to serve yet.
+        serde_yaml::Value::Null => Ok(LocalConfig::default()),
+        serde_yaml::Value::Mapping(_) => typed(yaml, ""),
+        serde_yaml::Value::Sequence(_) => Ok(LocalConfig {
+            workloads: typed(yaml, "workloads")?,
+            ..LocalConfig::default()
+        }),
+        serde_yaml::Value::Bool(_) => Err(ConfigError::Shape { found: "a boolean" }),
+        serde_yaml::Value::Number(_) => Err(ConfigError::Shape { found: "a number" }),
+        serde_yaml::Value::String(_) => Err(ConfigError::Shape { found: "a string" }),
+        serde_yaml::Value::Tagged(_) => Err(ConfigError::Shape {
+            found: "a tagged value",
+        }),
+    }
+}
+
+/// Deserialises `yaml` as `T`, tracking the field path; `prefix` is prepended to the path
+/// (the legacy list form's elements are `workloads[i]`).
+fn typed<T: serde::de::DeserializeOwned>(yaml: &str, prefix: &str) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(yaml)).map_err(|e| {
+        let raw_path = e.path().to_string();
+        let inner = e.into_inner();
+        let loc = inner.location();
+        // serde_yaml tracks the path as well (in its own spelling) and puts it in front of its
+        // message; keep it once, in the structured field.
+        let message = strip_yaml_path(&strip_location(&inner.to_string()));
+        let path = match (prefix, raw_path.as_str()) {
+            ("", p) => p.to_string(),
+            (pre, ".") => pre.to_string(),
+            (pre, p) if p.starts_with('[') => format!("{pre}{p}"),
+            (pre, p) => format!("{pre}.{p}"),
+        };
+        ConfigError::Field {
+            path,
+            message,
+            line: loc.as_ref().map(|l| l.line()),
+            column: loc.as_ref().map(|l| l.column()),
+        }
+    })
+}
+
+/// Drops a leading `path: ` that serde_yaml puts in front of its messages. A path has no
+/// spaces or quotes, while serde's own messages ("invalid type: ...") do before any colon.
+fn strip_yaml_path(message: &str) -> String {
+    match message.split_once(": ") {
+        Some((head, rest))
+            if !head.is_empty()
+                && head
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-[]?".contains(c)) =>
+        {
+            rest.to_string()
+        }
+        _ => message.to_string(),
+    }
+}
+
+/// serde_yaml appends " at line L column C" to its messages; ours carry the location as data.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) if message[i..].contains(" column ") => message[..i].to_string(),
+        _ => message.to_string(),
+    }
+}
