@@ -21,7 +21,7 @@ use crate::netns::Netns;
 use crate::proxy::{LocalWorkload, ProxyInputs, Shutdown, WorkloadProxy};
 use crate::readiness::Readiness;
 use crate::tlscache::TlsCache;
-use crate::{inpod, state};
+use crate::{httpserver, inpod, state};
 
 /// Runs ztunnel until SIGTERM/SIGINT and its drain complete.
 pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
@@ -34,7 +34,7 @@ pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
     let path = args.local_xds_path.clone().context("LOCAL_XDS_PATH")?;
     let reload_metrics = metrics.clone();
     let (state, watcher) = state::watch_local_file(path, args.config_poll, move |ok| {
-        reload_metrics.record_config_load(ok)
+        reload_metrics.record_config_reload(ok)
     })
     .map_err(anyhow::Error::msg)?;
     tokio::spawn(watcher);
@@ -72,9 +72,14 @@ pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
     // The operational endpoints outlive the drain: readiness must be able to say "not ready"
     // and metrics must be scrapeable while connections finish.
     let until_exit = shutdown.force.clone();
-    tokio::spawn(admin::serve_admin(admin_listener, admin_state, until_exit.clone().cancelled_owned()));
-    tokio::spawn(admin::serve_metrics(stats_listener, metrics.clone(), until_exit.clone().cancelled_owned()));
-    tokio::spawn(admin::serve_readiness(ready_listener, readiness.clone(), until_exit.clone().cancelled_owned()));
+    let admin_shutdown = until_exit.clone().cancelled_owned();
+    tokio::spawn(async move {
+        if let Err(e) = admin::serve_admin(admin_listener, admin_state, admin_shutdown).await {
+            warn!(error = %e, "admin endpoint stopped");
+        }
+    });
+    tokio::spawn(httpserver::serve_metrics(stats_listener, metrics.clone(), until_exit.clone().cancelled_owned()));
+    tokio::spawn(httpserver::serve_readiness(ready_listener, readiness.clone(), until_exit.clone().cancelled_owned()));
 
     // Re-check open connections whenever the config changes.
     let recheck_inputs = inputs.clone();

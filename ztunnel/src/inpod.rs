@@ -110,6 +110,9 @@ impl Manager {
             if let Err(e) = &outcome {
                 warn!(error = %e, "ZDS request failed");
             }
+            self.inputs
+                .metrics
+                .set_active_workloads(self.proxies.len() as u64);
             client.ack(outcome.err()).await?;
         }
     }

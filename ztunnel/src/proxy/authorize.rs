@@ -37,6 +37,15 @@ pub fn authorize(
     decision.result
 }
 
+/// A bounded label value for the denial metric.
+pub fn denial_reason(denied: &Denied) -> &'static str {
+    match denied {
+        Denied::DenyPolicy { .. } => "deny_policy",
+        Denied::NoAllowMatch => "no_allow_match",
+        Denied::MtlsRequired => "mtls_required",
+    }
+}
+
 struct Tracked {
     dst_namespace: String,
     dst_name: String,

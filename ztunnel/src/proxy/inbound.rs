@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use super::authorize::authorize;
+use super::authorize::{authorize, denial_reason};
 use super::outbound::baggage_of;
 use super::relay::relay;
 use super::telemetry::{self, ConnTelemetry, Ends};
@@ -108,6 +108,7 @@ async fn stream(
         dst_port: target.port(),
     };
     if let Err(denied) = authorize(&inputs.cfg, &state, dst, &conn) {
+        inputs.metrics.record_denied(denial_reason(&denied));
         let status = refuse(&ends, StatusCode::UNAUTHORIZED, "DENY", denied.to_string());
         incoming.reject(status);
         return;

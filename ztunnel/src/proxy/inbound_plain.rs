@@ -9,7 +9,7 @@ use mesh::authz::ConnInfo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::authorize::authorize;
+use super::authorize::{authorize, denial_reason};
 use super::relay::relay;
 use super::telemetry::{self, ConnTelemetry, Ends};
 use super::{is_proxy_port, LocalWorkload, ProxyInputs};
@@ -49,6 +49,7 @@ pub async fn handle(inputs: Arc<ProxyInputs>, local: Arc<LocalWorkload>, stream:
         dst_port: target.port(),
     };
     if let Err(denied) = authorize(&inputs.cfg, &state, dst, &conn) {
+        inputs.metrics.record_denied(denial_reason(&denied));
         telemetry::refused(&inputs.metrics, Reporter::Destination, &ends, peer, target, "DENY", denied.to_string());
         return;
     }
