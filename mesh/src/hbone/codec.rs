@@ -226,7 +226,9 @@ fn workload_type_of_key(key: &str) -> Option<&str> {
     let plausible = !kind.is_empty()
         && kind != "cluster"
         && kind != "namespace"
-        && kind.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+        && kind
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
     plausible.then_some(kind)
 }
 

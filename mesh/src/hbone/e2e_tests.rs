@@ -167,13 +167,10 @@ async fn echo_round_trip_and_headers() {
     });
     req.traceparent = Some(TraceParent::random());
 
-    let (mut s, resp) = within(pool.connect(
-        key(srv.addr),
-        req.clone(),
-        counting_dial(srv.addr, &dials),
-    ))
-    .await
-    .unwrap();
+    let (mut s, resp) =
+        within(pool.connect(key(srv.addr), req.clone(), counting_dial(srv.addr, &dials)))
+            .await
+            .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(
         codec::baggage_from_headers(resp.headers()),
@@ -219,13 +216,9 @@ async fn ten_mib_both_ways() {
     let srv = start_server().await;
     let pool = Pool::new(PoolConfig::default());
     let dials = Arc::new(AtomicUsize::new(0));
-    let (s, _) = within(pool.connect(
-        key(srv.addr),
-        target(9000),
-        counting_dial(srv.addr, &dials),
-    ))
-    .await
-    .unwrap();
+    let (s, _) = within(pool.connect(key(srv.addr), target(9000), counting_dial(srv.addr, &dials)))
+        .await
+        .unwrap();
     // A pattern that is not periodic at any power of two, so a dropped or reordered frame shows.
     let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
     let (mut r, mut w) = tokio::io::split(s);
@@ -247,13 +240,10 @@ async fn zero_copy_bytes_api() {
     let srv = start_server().await;
     let pool = Pool::new(PoolConfig::default());
     let dials = Arc::new(AtomicUsize::new(0));
-    let (mut s, _) = within(pool.connect(
-        key(srv.addr),
-        target(9001),
-        counting_dial(srv.addr, &dials),
-    ))
-    .await
-    .unwrap();
+    let (mut s, _) =
+        within(pool.connect(key(srv.addr), target(9001), counting_dial(srv.addr, &dials)))
+            .await
+            .unwrap();
     let payload = Bytes::from(vec![7u8; 3 * 1024 * 1024]);
     let sender = async {
         s.send_bytes(payload.clone()).await.unwrap();
@@ -279,14 +269,14 @@ async fn rejections_surface_as_status() {
         // A handler that drops the request without answering yields 503, not a hang.
         (PORT_DROP, StatusCode::SERVICE_UNAVAILABLE),
     ] {
-        let err = within(pool.connect(
-            key(srv.addr),
-            target(port),
-            counting_dial(srv.addr, &dials),
-        ))
-        .await
-        .unwrap_err();
-        assert!(matches!(err, HboneError::Status(s) if s == want), "{port}: {err}");
+        let err =
+            within(pool.connect(key(srv.addr), target(port), counting_dial(srv.addr, &dials)))
+                .await
+                .unwrap_err();
+        assert!(
+            matches!(err, HboneError::Status(s) if s == want),
+            "{port}: {err}"
+        );
         assert_eq!(err.status(), Some(want));
         assert!(!err.is_retryable());
     }
@@ -327,13 +317,10 @@ async fn drain_finishes_in_flight_and_moves_new_streams() {
     let mut srv = start_server().await;
     let pool = Pool::new(PoolConfig::default());
     let dials = Arc::new(AtomicUsize::new(0));
-    let (mut inflight, _) = within(pool.connect(
-        key(srv.addr),
-        target(80),
-        counting_dial(srv.addr, &dials),
-    ))
-    .await
-    .unwrap();
+    let (mut inflight, _) =
+        within(pool.connect(key(srv.addr), target(80), counting_dial(srv.addr, &dials)))
+            .await
+            .unwrap();
     let first = within(srv.conns.recv()).await.unwrap();
     first.drain.send(()).unwrap();
 
@@ -346,13 +333,10 @@ async fn drain_finishes_in_flight_and_moves_new_streams() {
     );
 
     // A new stream is not put on the draining connection: the pool dials a fresh one.
-    let (mut fresh, _) = within(pool.connect(
-        key(srv.addr),
-        target(80),
-        counting_dial(srv.addr, &dials),
-    ))
-    .await
-    .unwrap();
+    let (mut fresh, _) =
+        within(pool.connect(key(srv.addr), target(80), counting_dial(srv.addr, &dials)))
+            .await
+            .unwrap();
     assert_eq!(dials.load(Ordering::SeqCst), 2);
     assert_eq!(srv.accepted.load(Ordering::SeqCst), 2);
     assert_eq!(pool.connections(), 1, "draining connection left the pool");
