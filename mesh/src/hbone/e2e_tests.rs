@@ -34,6 +34,8 @@ pub(super) const PORT_UNAVAILABLE: u16 = 503;
 pub(super) const PORT_DROP: u16 = 504;
 /// Reads the whole request stream first, then answers `got:<bytes>`: proves half-close.
 pub(super) const PORT_AFTER_EOF: u16 = 7;
+/// Accepts, waits for the first bytes, then resets the stream with INTERNAL_ERROR.
+pub(super) const PORT_RESET: u16 = 666;
 
 pub(super) fn dest_baggage() -> Baggage {
     Baggage {
@@ -105,6 +107,11 @@ async fn handle(inc: IncomingConnect, seen: mpsc::UnboundedSender<ConnectRequest
             s.write_all(b"got:").await.unwrap();
             s.write_all(&got).await.unwrap();
             s.shutdown().await.unwrap();
+        }
+        PORT_RESET => {
+            let mut s = inc.accept(None).unwrap();
+            let _ = s.recv_bytes().await;
+            s.reset(h2::Reason::INTERNAL_ERROR);
         }
         _ => {
             let s = inc.accept(Some(dest_baggage())).unwrap();
@@ -375,4 +382,53 @@ async fn raw_stream_after_goaway_is_refused() {
         },
     };
     assert!(refused.is_retryable(), "{refused}");
+}
+
+#[tokio::test]
+async fn peer_reset_is_an_io_error_not_eof() {
+    let srv = start_server().await;
+    let pool = Pool::new(PoolConfig::default());
+    let dials = Arc::new(AtomicUsize::new(0));
+    let (mut s, _) = within(pool.connect(
+        key(srv.addr),
+        target(PORT_RESET),
+        counting_dial(srv.addr, &dials),
+    ))
+    .await
+    .unwrap();
+    s.write_all(b"trigger").await.unwrap();
+    let mut buf = Vec::new();
+    let err = within(s.read_to_end(&mut buf)).await.unwrap_err();
+    // A proxy must see an abort here, or it would pass a truncated stream off as complete.
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+}
+
+#[tokio::test]
+async fn keepalive_gives_up_on_a_peer_that_ignores_pings() {
+    const INTERVAL: Duration = Duration::from_millis(20);
+    const TIMEOUT: Duration = Duration::from_millis(50);
+    let (mut peer, server_io) = tokio::io::duplex(1024 * 1024);
+    // A client that sends its preface and SETTINGS, then never reads or answers anything.
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    peer.write_all(&preface).await.unwrap();
+    let mut conn = within(settings::server_builder().handshake::<_, Bytes>(server_io))
+        .await
+        .unwrap();
+    let keepalive = settings::keepalive(conn.ping_pong(), INTERVAL, TIMEOUT);
+    let start = std::time::Instant::now();
+    // Drive the connection alongside, as serve_connection does; it never yields a stream.
+    let verdict = within(async {
+        tokio::select! {
+            e = keepalive => e,
+            r = conn.accept() => panic!("unexpected accept result {r:?}"),
+        }
+    })
+    .await;
+    assert!(
+        matches!(verdict, settings::KeepaliveError::Timeout(t) if t == TIMEOUT),
+        "{verdict}"
+    );
+    assert!(start.elapsed() >= INTERVAL + TIMEOUT);
+    drop(peer);
 }
