@@ -143,8 +143,8 @@ impl Manager {
             &self.inputs.cfg.args.trust_domain,
             Netns::Pod(Arc::new(pod_netns)),
         )?;
-        let proxy = WorkloadProxy::start(&self.inputs, workload)
-            .map_err(|e| format!("pod {uid}: {e}"))?;
+        let proxy =
+            WorkloadProxy::start(&self.inputs, workload).map_err(|e| format!("pod {uid}: {e}"))?;
         self.proxies.insert(uid, proxy);
         Ok(())
     }
@@ -156,7 +156,11 @@ impl Manager {
         proxy.stop();
         let identity = proxy.workload.identity.clone();
         info!(%uid, workload = %identity, "stopped serving pod");
-        if !self.proxies.values().any(|p| p.workload.identity == identity) {
+        if !self
+            .proxies
+            .values()
+            .any(|p| p.workload.identity == identity)
+        {
             self.inputs.tls.forget(&identity);
         }
     }

@@ -21,7 +21,11 @@ pub struct SocketOptions {
 
 /// Binds a listener inside `netns`. Listeners are IP_TRANSPARENT so TPROXY-delivered
 /// connections are accepted too.
-pub fn bind_listener(netns: &Netns, addr: SocketAddr, opts: SocketOptions) -> io::Result<TcpListener> {
+pub fn bind_listener(
+    netns: &Netns,
+    addr: SocketAddr,
+    opts: SocketOptions,
+) -> io::Result<TcpListener> {
     let std_listener = netns.run(|| {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         socket.set_reuse_address(true)?;

@@ -25,7 +25,12 @@ use super::{is_proxy_port, LocalWorkload, ProxyInputs};
 use crate::metrics::Reporter;
 use crate::socket;
 
-pub async fn handle(inputs: Arc<ProxyInputs>, local: Arc<LocalWorkload>, stream: TcpStream, peer: SocketAddr) {
+pub async fn handle(
+    inputs: Arc<ProxyInputs>,
+    local: Arc<LocalWorkload>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
     let server_cfg = match inputs.tls.server_config(&local.identity).await {
         Ok(c) => c,
         Err(e) => {
@@ -73,7 +78,9 @@ async fn stream(
     let target = incoming.request.authority;
     let state = inputs.state.current();
     let src = state.workload_by_ip(peer.ip()).cloned();
-    let dst = state.workload_by_name(&local.info.namespace, &local.info.name).cloned();
+    let dst = state
+        .workload_by_name(&local.info.namespace, &local.info.name)
+        .cloned();
     let mut ends = Ends {
         src: src.as_deref(),
         src_identity: Some(peer_identity),
@@ -83,21 +90,47 @@ async fn stream(
         ..Default::default()
     };
     let refuse = |ends: &Ends<'_>, status: StatusCode, flag: &str, why: String| {
-        telemetry::refused(&inputs.metrics, Reporter::Destination, ends, peer, target, flag, why);
+        telemetry::refused(
+            &inputs.metrics,
+            Reporter::Destination,
+            ends,
+            peer,
+            target,
+            flag,
+            why,
+        );
         status
     };
     let Some(dst) = dst.as_deref() else {
-        let status = refuse(&ends, StatusCode::SERVICE_UNAVAILABLE, "NR", format!("unknown local workload {}/{}", local.info.namespace, local.info.name));
+        let status = refuse(
+            &ends,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NR",
+            format!(
+                "unknown local workload {}/{}",
+                local.info.namespace, local.info.name
+            ),
+        );
         incoming.reject(status);
         return;
     };
     if !dst.workload_ips.contains(&target.ip()) {
-        let status = refuse(&ends, StatusCode::BAD_REQUEST, "NR", format!("target {target} is not this workload"));
+        let status = refuse(
+            &ends,
+            StatusCode::BAD_REQUEST,
+            "NR",
+            format!("target {target} is not this workload"),
+        );
         incoming.reject(status);
         return;
     }
     if is_proxy_port(target.port()) {
-        let status = refuse(&ends, StatusCode::SERVICE_UNAVAILABLE, "NR", format!("target port {} is ztunnel's own", target.port()));
+        let status = refuse(
+            &ends,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NR",
+            format!("target port {} is ztunnel's own", target.port()),
+        );
         incoming.reject(status);
         return;
     }
@@ -117,7 +150,12 @@ async fn stream(
     let upstream = match socket::connect(&local.netns, target, orig_src, inputs.socket_opts).await {
         Ok(s) => s,
         Err(e) => {
-            let status = refuse(&ends, StatusCode::SERVICE_UNAVAILABLE, "UF", format!("connect to app {target}: {e}"));
+            let status = refuse(
+                &ends,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UF",
+                format!("connect to app {target}: {e}"),
+            );
             incoming.reject(status);
             return;
         }

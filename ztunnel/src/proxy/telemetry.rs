@@ -73,7 +73,12 @@ pub fn labels(reporter: Reporter, ends: &Ends<'_>, response_flags: &str) -> Conn
     }
 }
 
-fn record(reporter: Reporter, ends: &Ends<'_>, src: SocketAddr, dst: SocketAddr) -> AccessLogRecord {
+fn record(
+    reporter: Reporter,
+    ends: &Ends<'_>,
+    src: SocketAddr,
+    dst: SocketAddr,
+) -> AccessLogRecord {
     AccessLogRecord {
         src,
         dst,
