@@ -59,7 +59,7 @@ pub async fn handle(
             let inputs = inputs.clone();
             let local = local.clone();
             let peer_identity = peer_identity.clone();
-            async move { stream(inputs, local, peer, &peer_identity, incoming).await }
+            async move { serve_stream(inputs, local, peer, &peer_identity, incoming).await }
         }
     };
     if let Err(e) = serve_connection(tls, handler, async move { drain.cancelled().await }).await {
@@ -68,7 +68,7 @@ pub async fn handle(
 }
 
 /// One CONNECT stream.
-async fn stream(
+async fn serve_stream(
     inputs: Arc<ProxyInputs>,
     local: Arc<LocalWorkload>,
     peer: SocketAddr,
