@@ -21,6 +21,7 @@
 //! - Dropping the bed deletes every netns it created (and with them every veth), also when the
 //!   test panicked.
 
+pub mod fixture;
 mod iptables;
 mod netns;
 mod rules;
