@@ -9,8 +9,8 @@
 //! - the private key matches the leaf's public key (checked on construction);
 //! - `roots` is non-empty.
 //!
-//! Everything here is pure: no I/O, no clock reads except in [`WorkloadCertificate::refresh_at`]'s
-//! callers.
+//! Everything here is pure: no I/O and no clock reads (callers of
+//! [`WorkloadCertificate::refresh_at`] supply the jitter and compare against their own clock).
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -64,6 +64,9 @@ pub struct SecretManagerConfig {
     /// Lower bound between successful fetches, so a source handing out certificates that are
     /// already past half-life cannot make the worker spin.
     pub min_refresh_interval: Duration,
+    /// A fetch taking longer counts as failed (and is retried): a hung CA connection must not
+    /// stall renewal, nor first-time `get()` callers, forever.
+    pub fetch_timeout: Duration,
 }
 
 impl Default for SecretManagerConfig {
@@ -73,6 +76,7 @@ impl Default for SecretManagerConfig {
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             min_refresh_interval: Duration::from_secs(1),
+            fetch_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -293,7 +297,15 @@ async fn run_worker(
         0.0
     };
     loop {
-        let result = source.fetch(&id).await.and_then(|cert| {
+        let fetched = tokio::time::timeout(config.fetch_timeout, source.fetch(&id))
+            .await
+            .unwrap_or_else(|_| {
+                Err(CaError::Unavailable {
+                    identity: id.to_string(),
+                    reason: format!("fetch timed out after {:?}", config.fetch_timeout),
+                })
+            });
+        let result = fetched.and_then(|cert| {
             if cert.identity == id {
                 Ok(cert)
             } else {

@@ -7,7 +7,7 @@ use rustls::client::verify_server_cert_signed_by_trust_anchor;
 use rustls::server::ParsedCertificate;
 use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, UnixTime};
-use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::extensions::GeneralName;
 
 use super::*;
 use crate::cert::parse_pem_certs;
@@ -251,9 +251,17 @@ fn generate_rejects_bad_trust_domains_and_issue_bad_lifetimes() {
 }
 
 fn csr(alg: &'static rcgen::SignatureAlgorithm, sans: Vec<SanType>) -> (String, KeyPair) {
-    let key = KeyPair::generate_for(alg).unwrap();
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
+    csr_with(alg, sans, params)
+}
+
+fn csr_with(
+    alg: &'static rcgen::SignatureAlgorithm,
+    sans: Vec<SanType>,
+    mut params: CertificateParams,
+) -> (String, KeyPair) {
+    let key = KeyPair::generate_for(alg).unwrap();
     params.subject_alt_names = sans;
     (params.serialize_request(&key).unwrap().pem().unwrap(), key)
 }

@@ -206,6 +206,26 @@ async fn first_fetch_failure_is_reported_then_retried() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_hung_fetch_times_out_and_is_retried() {
+    let mut source = TestSource::new(DAY);
+    let gate = Arc::new(Semaphore::new(0));
+    Arc::get_mut(&mut source).unwrap().gate = Some(gate.clone());
+    let mgr = manager(&source);
+    let sleep = id(SLEEP);
+    // Nobody opens the gate: the first fetch hangs until the timeout fails it.
+    let err = mgr.get(&sleep).await.unwrap_err();
+    assert!(
+        matches!(&err, CaError::Unavailable { reason, .. } if reason.contains("timed out")),
+        "{err}"
+    );
+    // The retry gets through once the CA answers.
+    gate.add_permits(1);
+    let mut rx = mgr.subscribe(&sleep).unwrap();
+    wait_for(&mut rx, |s| s.state == CertState::Available).await;
+    assert_eq!(source.fetches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_certificate_for_the_wrong_identity_is_refused() {
     struct Liar(Arc<CertificateAuthority>);
     impl CertSource for Liar {
