@@ -118,10 +118,9 @@ impl WorkloadCertificate {
         &self.key
     }
 
-    /// The leaf certificate.
-    pub fn leaf(&self) -> &CertificateDer<'static> {
-        // from_parts guarantees a non-empty chain.
-        &self.chain[0]
+    /// The leaf certificate (always present unless `chain` was emptied after construction).
+    pub fn leaf(&self) -> Option<&CertificateDer<'static>> {
+        self.chain.first()
     }
 
     /// When to fetch a replacement: at half-life, moved by `jitter_fraction` of the half-life
