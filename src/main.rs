@@ -16,7 +16,11 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ambit", version, about = "ambit: an ambient-style service mesh")]
+#[command(
+    name = "ambit",
+    version,
+    about = "ambit: an ambient-style service mesh"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -82,17 +86,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: CaCommand::Init { dir, trust_domain },
         } => {
             if dir.join("ca-key.pem").exists() {
-                bail!("{} already holds a CA key; refusing to overwrite it", dir.display());
+                bail!(
+                    "{} already holds a CA key; refusing to overwrite it",
+                    dir.display()
+                );
             }
             let ca = mesh::ca::CertificateAuthority::generate(&trust_domain)?;
             ca.write_cacerts_dir(&dir)?;
-            println!("wrote a new root CA for {trust_domain} to {}", dir.display());
+            println!(
+                "wrote a new root CA for {trust_domain} to {}",
+                dir.display()
+            );
             Ok(())
         }
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {
-            let text = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let text =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let config = mesh::model::local_config::parse_bytes(&text)
                 .with_context(|| format!("{} is invalid", file.display()))?;
             let state = config

@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::{Netns, Node, Pod, TestBed};
 use mesh::ca::CertificateAuthority;
 use mesh::redirect::RedirectConfig;
 use mesh::zds::{WorkloadInfo, ZdsAgentConn, ZdsServer};
-use crate::{Netns, Node, Pod, TestBed};
 
 pub const TRUST_DOMAIN: &str = "cluster.local";
 
@@ -44,7 +44,10 @@ pub fn http_get(netns: &Netns, addr: SocketAddr, path: &str) -> std::io::Result<
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -115,7 +118,8 @@ impl Fixture {
     /// A pod with the in-pod redirect rules installed (as the CNI agent would).
     pub fn add_captured_pod(&mut self, node: &Node, name: &str) -> Pod {
         let pod = self.bed.add_pod(node, name).expect("pod");
-        pod.install_redirect_rules(&RedirectConfig::default()).expect("redirect rules");
+        pod.install_redirect_rules(&RedirectConfig::default())
+            .expect("redirect rules");
         pod
     }
 
@@ -196,13 +200,17 @@ impl Agent {
     pub fn del_pod(&self, uid: &str) -> Result<(), String> {
         let mut guard = self.conn.lock().unwrap();
         let conn = guard.as_mut().expect("agent not connected");
-        self.runtime.block_on(conn.send_del(uid)).map_err(|e| e.to_string())
+        self.runtime
+            .block_on(conn.send_del(uid))
+            .map_err(|e| e.to_string())
     }
 
     pub fn snapshot_sent(&self) -> Result<(), String> {
         let mut guard = self.conn.lock().unwrap();
         let conn = guard.as_mut().expect("agent not connected");
-        self.runtime.block_on(conn.send_snapshot_sent()).map_err(|e| e.to_string())
+        self.runtime
+            .block_on(conn.send_snapshot_sent())
+            .map_err(|e| e.to_string())
     }
 
     /// Drops the connection, as a restarting node agent would.
@@ -248,8 +256,15 @@ impl Ztunnel {
     }
 
     fn spawn(&mut self) {
-        let log = File::options().create(true).append(true).open(&self.log).unwrap();
-        let mut cmd = self.node.netns.command(self.binary.to_str().expect("utf-8 path"));
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = self
+            .node
+            .netns
+            .command(self.binary.to_str().expect("utf-8 path"));
         cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -261,7 +276,9 @@ impl Ztunnel {
     /// Hands pods over and completes the snapshot; waits until ztunnel reports ready.
     pub fn serve(&self, pods: &[(&Pod, &str, &str)]) {
         for (pod, ns, sa) in pods {
-            self.agent.add_pod(pod, ns, sa).expect("ztunnel refused pod");
+            self.agent
+                .add_pod(pod, ns, sa)
+                .expect("ztunnel refused pod");
         }
         self.agent.snapshot_sent().expect("snapshot ack");
         self.wait_ready();
@@ -270,23 +287,32 @@ impl Ztunnel {
     pub fn wait_ready(&self) {
         let addr = SocketAddr::new(IpAddr::V4(self.node.ip), 15021);
         wait_until("ztunnel readiness", Duration::from_secs(20), || {
-            matches!(http_get(&self.node.netns, addr, "/healthz/ready"), Ok((200, _)))
+            matches!(
+                http_get(&self.node.netns, addr, "/healthz/ready"),
+                Ok((200, _))
+            )
         });
     }
 
     pub fn metrics(&self) -> String {
         let addr = SocketAddr::new(IpAddr::V4(self.node.ip), 15020);
-        http_get(&self.node.netns, addr, "/metrics").expect("metrics").1
+        http_get(&self.node.netns, addr, "/metrics")
+            .expect("metrics")
+            .1
     }
 
     pub fn config_dump(&self) -> serde_json::Value {
         let addr: SocketAddr = "127.0.0.1:15000".parse().unwrap();
-        let body = http_get(&self.node.netns, addr, "/config_dump").expect("config dump").1;
+        let body = http_get(&self.node.netns, addr, "/config_dump")
+            .expect("config dump")
+            .1;
         serde_json::from_str(&body).expect("config dump JSON")
     }
 
     pub fn config_version(&self) -> u64 {
-        self.config_dump()["configStatus"]["version"].as_u64().unwrap_or(0)
+        self.config_dump()["configStatus"]["version"]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     /// The access-log records (JSON lines with an `access` target) written so far.
@@ -311,7 +337,11 @@ impl Ztunnel {
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
         child.wait().unwrap()
     }
 }
@@ -323,7 +353,11 @@ impl Drop for Ztunnel {
             let _ = child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("--- ztunnel log ({}) ---\n{}", self.node.name, self.log_text());
+            eprintln!(
+                "--- ztunnel log ({}) ---\n{}",
+                self.node.name,
+                self.log_text()
+            );
         }
     }
 }
@@ -385,7 +419,9 @@ pub struct Client {
 
 impl Client {
     pub fn connect(pod: &Pod, dst: SocketAddr) -> std::io::Result<Client> {
-        let stream = pod.netns.run(|| TcpStream::connect_timeout(&dst, Duration::from_secs(5)))?;
+        let stream = pod
+            .netns
+            .run(|| TcpStream::connect_timeout(&dst, Duration::from_secs(5)))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let reader = BufReader::new(stream.try_clone()?);
         Ok(Client { stream, reader })
@@ -396,7 +432,10 @@ impl Client {
         let mut line = String::new();
         let n = self.reader.read_line(&mut line)?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before greeting"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before greeting",
+            ));
         }
         Ok(line.trim_end().to_string())
     }
@@ -407,7 +446,10 @@ impl Client {
         let mut line = String::new();
         let n = self.reader.read_line(&mut line)?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
         }
         Ok(line.trim_end().to_string())
     }
@@ -416,14 +458,27 @@ impl Client {
 /// Sum of a metric's samples whose labels contain every `key="value"` pair given.
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
 
 /// Workload entry of the local config (Istio's LocalConfig format).
-pub fn workload_yaml(pod: &Pod, namespace: &str, sa: &str, node: &str, services: &[(&str, u16, u16)]) -> String {
+pub fn workload_yaml(
+    pod: &Pod,
+    namespace: &str,
+    sa: &str,
+    node: &str,
+    services: &[(&str, u16, u16)],
+) -> String {
     let mut s = format!(
         "- uid: {name}\n  name: {name}\n  namespace: {namespace}\n  serviceAccount: {sa}\n  node: {node}\n  protocol: HBONE\n  workloadIps: [\"{ip}\"]\n",
         name = pod.name,

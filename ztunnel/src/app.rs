@@ -43,7 +43,10 @@ pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
     let ca_dir = args.ca_dir.clone().context("AMBIT_CA_DIR")?;
     let ca = CertificateAuthority::from_cacerts_dir(&ca_dir)
         .with_context(|| format!("loading the file CA from {}", ca_dir.display()))?;
-    let secrets = SecretManager::new(Arc::new(FileCa::new(Arc::new(ca), args.secret_ttl)));
+    let secrets = SecretManager::new(Arc::new(FileCa {
+        ca: Arc::new(ca),
+        lifetime: args.secret_ttl,
+    }));
     let tls = Arc::new(TlsCache::new(secrets.clone()));
 
     // Bind the operational endpoints before serving anything.

@@ -54,7 +54,10 @@ fn pod_to_pod_over_hbone_carries_identity_and_source_address() {
         metric_sum(
             &z2_metrics,
             "istio_tcp_received_bytes_total",
-            &[("reporter", "destination"), ("source_principal", &client_id)]
+            &[
+                ("reporter", "destination"),
+                ("source_principal", &client_id)
+            ]
         ) >= "hello over hbone\n".len() as f64
     );
     // The source side reported it too, with the destination's identity.
@@ -62,14 +65,16 @@ fn pod_to_pod_over_hbone_carries_identity_and_source_address() {
         metric_sum(
             &z1.metrics(),
             "istio_tcp_connections_opened_total",
-            &[("reporter", "source"), ("destination_principal", &server_id)]
+            &[
+                ("reporter", "source"),
+                ("destination_principal", &server_id)
+            ]
         ) >= 1.0
     );
     // And the access log names the peer identity.
     let log = z2.access_log();
     assert!(
-        log.iter()
-            .any(|r| r.to_string().contains(&client_id)),
+        log.iter().any(|r| r.to_string().contains(&client_id)),
         "no access log record with {client_id}: {log:?}"
     );
     assert_eq!(echo.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
