@@ -13,6 +13,7 @@ use http::StatusCode;
 use mesh::authz::ConnInfo;
 use mesh::hbone::server::{serve_connection, IncomingConnect};
 use mesh::identity::Identity;
+use mesh::model::{Service, State, Workload};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
@@ -76,6 +77,11 @@ async fn serve_stream(
     incoming: IncomingConnect,
 ) {
     let target = incoming.request.authority;
+    let incoming_host = incoming
+        .request
+        .forwarded
+        .as_ref()
+        .and_then(|f| f.host.clone());
     let state = inputs.state.current();
     let src = state.workload_by_ip(peer.ip()).cloned();
     let dst = state
@@ -168,6 +174,8 @@ async fn serve_stream(
         }
     };
     ends.dst = Some(dst);
+    let service = claimed_service(&state, dst, &incoming_host);
+    ends.service = service.as_deref();
     let guard = inputs.conns.track(dst, conn);
     let t = ConnTelemetry::open(&inputs.metrics, Reporter::Destination, &ends, peer, target);
     let result = tokio::select! {
@@ -175,4 +183,16 @@ async fn serve_stream(
         _ = guard.closed() => Some("closed: denied by updated policy".to_string()),
     };
     t.finish(result);
+}
+
+/// The service the client says it addressed (`forwarded: host=`), believed only if the
+/// destination workload really is one of its endpoints: a client cannot inflate metric
+/// cardinality or claim an arbitrary service.
+fn claimed_service(state: &State, dst: &Workload, host: &Option<String>) -> Option<Arc<Service>> {
+    let host = host.as_deref()?;
+    dst.services
+        .keys()
+        .find(|key| key.split_once('/').map(|(_, h)| h) == Some(host))
+        .and_then(|key| state.service_by_key(key))
+        .cloned()
 }
