@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
+use crate::certsource::CountingSource;
 use crate::config::{Config, ProxyMode};
 use crate::logging::LogHandle;
 use crate::metrics::Metrics;
@@ -43,10 +44,11 @@ pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
     let ca_dir = args.ca_dir.clone().context("AMBIT_CA_DIR")?;
     let ca = CertificateAuthority::from_cacerts_dir(&ca_dir)
         .with_context(|| format!("loading the file CA from {}", ca_dir.display()))?;
-    let secrets = SecretManager::new(Arc::new(FileCa {
+    let file_ca = FileCa {
         ca: Arc::new(ca),
         lifetime: args.secret_ttl,
-    }));
+    };
+    let secrets = SecretManager::new(Arc::new(CountingSource::new(file_ca, metrics.clone())));
     let tls = Arc::new(TlsCache::new(secrets.clone()));
 
     // Bind the operational endpoints before serving anything.

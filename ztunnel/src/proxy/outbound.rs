@@ -265,3 +265,7 @@ async fn tunnel(
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+#[path = "outbound_tests.rs"]
+mod tests;
