@@ -69,10 +69,21 @@ pub async fn connect(
         }
         Ok(socket)
     })?;
-    let stream = socket.connect(dst).await?;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(dst))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {dst} timed out after {CONNECT_TIMEOUT:?}"),
+            )
+        })??;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
+
+/// Bound on a TCP connect, so an unreachable peer fails a connection in seconds, not the
+/// kernel's minutes of SYN retries.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn set_transparent(socket: &Socket, ipv6: bool) -> io::Result<()> {
     if ipv6 {

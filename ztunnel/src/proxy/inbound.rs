@@ -26,6 +26,9 @@ use super::{is_proxy_port, LocalWorkload, ProxyInputs};
 use crate::metrics::Reporter;
 use crate::socket;
 
+/// A peer that cannot finish a TLS handshake in this long is holding a socket for nothing.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn handle(
     inputs: Arc<ProxyInputs>,
     local: Arc<LocalWorkload>,
@@ -39,10 +42,15 @@ pub async fn handle(
             return;
         }
     };
-    let tls = match TlsAcceptor::from(server_cfg).accept(stream).await {
-        Ok(t) => t,
-        Err(e) => {
+    let handshake = TlsAcceptor::from(server_cfg).accept(stream);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
             debug!(error = %e, %peer, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
             return;
         }
     };
