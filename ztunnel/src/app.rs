@@ -47,7 +47,12 @@ pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
         ca: Arc::new(ca),
         lifetime: args.secret_ttl,
     }));
-    let tls = Arc::new(TlsCache::new(secrets.clone()));
+    let rotation_metrics = metrics.clone();
+    let tls = Arc::new(
+        TlsCache::new(secrets.clone()).with_rotation_hook(Arc::new(move |ok| {
+            rotation_metrics.record_cert_rotation(ok)
+        })),
+    );
 
     // Bind the operational endpoints before serving anything.
     admin::check_admin_addr(args.admin_addr).map_err(anyhow::Error::msg)?;

@@ -5,12 +5,12 @@
 //! picked up by the next connection, while connections already open keep the config (and
 //! certificate) they were made with — a rotation never cuts a live connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use mesh::ca::CaError;
 use mesh::cert::WorkloadCertificate;
-use mesh::certmanager::SecretManager;
+use mesh::certmanager::{CertStatus, SecretManager};
 use mesh::identity::Identity;
 use rustls::{ClientConfig, ServerConfig};
 
@@ -29,10 +29,16 @@ struct Entry {
     clients: HashMap<Vec<Identity>, Arc<ClientConfig>>,
 }
 
+/// Called once per certificate rotation: `true` renewed, `false` a renewal attempt failed.
+pub type RotationHook = Arc<dyn Fn(bool) + Send + Sync>;
+
 /// Hands out TLS configs for local workload identities.
 pub struct TlsCache {
     secrets: SecretManager,
     entries: Mutex<HashMap<Identity, Entry>>,
+    on_rotation: Option<RotationHook>,
+    /// Identities whose rotations are being counted into `on_rotation`.
+    watched: Mutex<HashSet<Identity>>,
 }
 
 /// Bound on cached client configs per identity (one per distinct destination identity set).
@@ -43,7 +49,18 @@ impl TlsCache {
         TlsCache {
             secrets,
             entries: Mutex::new(HashMap::new()),
+            on_rotation: None,
+            watched: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Reports every rotation (and failed renewal) of the certificates this cache uses to
+    /// `hook`, e.g. to count `ambit_cert_rotations_total`. Rotations happen in the secret
+    /// manager's background workers, not when a connection asks, so each identity is watched
+    /// from its first use until it is forgotten.
+    pub fn with_rotation_hook(mut self, hook: RotationHook) -> Self {
+        self.on_rotation = Some(hook);
+        self
     }
 
     pub fn secrets(&self) -> &SecretManager {
@@ -51,10 +68,36 @@ impl TlsCache {
     }
 
     async fn cert(&self, id: &Identity) -> Result<Arc<WorkloadCertificate>, TlsSetupError> {
-        self.secrets
+        let cert = self
+            .secrets
             .get(id)
             .await
-            .map_err(|e| TlsSetupError::Certificate(id.clone(), e))
+            .map_err(|e| TlsSetupError::Certificate(id.clone(), e))?;
+        self.watch_rotations(id);
+        Ok(cert)
+    }
+
+    fn watch_rotations(&self, id: &Identity) {
+        let Some(hook) = self.on_rotation.clone() else {
+            return;
+        };
+        if !self
+            .watched
+            .lock()
+            .expect("watched lock")
+            .insert(id.clone())
+        {
+            return;
+        }
+        match self.secrets.subscribe(id) {
+            Ok(rx) => {
+                tokio::spawn(count_rotations(rx, hook));
+            }
+            Err(_) => {
+                // Only outside a runtime, where `get` above could not have succeeded either.
+                self.watched.lock().expect("watched lock").remove(id);
+            }
+        }
     }
 
     /// Server config presenting `id`'s current certificate.
@@ -95,7 +138,32 @@ impl TlsCache {
     /// Drops everything cached for an identity no local workload uses any more.
     pub fn forget(&self, id: &Identity) {
         self.entries.lock().expect("tls cache lock").remove(id);
+        self.watched.lock().expect("watched lock").remove(id);
+        // Ends the identity's watcher too: its channel closes with the renewal worker.
         self.secrets.forget(id);
+    }
+}
+
+/// Reports each change of certificate (a rotation) and each failed renewal of an existing
+/// certificate, until the identity is forgotten and its channel closes.
+async fn count_rotations(mut rx: tokio::sync::watch::Receiver<CertStatus>, hook: RotationHook) {
+    let (mut serial, mut failures) = {
+        let s = rx.borrow_and_update();
+        (s.cert.as_ref().map(|c| c.serial.clone()), s.failures)
+    };
+    while rx.changed().await.is_ok() {
+        let (now, now_failures) = {
+            let s = rx.borrow_and_update();
+            (s.cert.as_ref().map(|c| c.serial.clone()), s.failures)
+        };
+        if serial.is_some() && now.is_some() && now != serial {
+            hook(true);
+        }
+        if serial.is_some() && now_failures > failures {
+            hook(false);
+        }
+        serial = now;
+        failures = now_failures;
     }
 }
 
