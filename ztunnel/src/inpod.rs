@@ -42,7 +42,7 @@ pub async fn run(inputs: Arc<ProxyInputs>, uds: PathBuf, first_snapshot: BlockRe
         };
         let result = tokio::select! {
             r = session => r,
-            _ = drain.cancelled() => return,
+            _ = drain.cancelled() => break,
         };
         match result {
             Err(ZdsError::Closed) => warn!("node agent closed the ZDS connection; reconnecting"),
@@ -51,10 +51,16 @@ pub async fn run(inputs: Arc<ProxyInputs>, uds: PathBuf, first_snapshot: BlockRe
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = drain.cancelled() => return,
+            _ = drain.cancelled() => break,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+    // Draining: stop talking to the agent, but keep the pods' proxies alive until ztunnel
+    // exits. Dropping them here would cancel their `removed` tokens and cut every in-flight
+    // connection at once, instead of letting them finish within the drain deadline. (Their
+    // accept loops already stopped: they follow the drain token.)
+    inputs.shutdown.force.cancelled().await;
+    drop(manager);
 }
 
 struct Manager {
