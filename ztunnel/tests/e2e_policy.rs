@@ -168,6 +168,26 @@ fn service_vip_spreads_connections_over_endpoints() {
     );
     let dst_port = rec["dst.addr"].as_str().unwrap_or_default();
     assert!(dst_port.ends_with(&format!(":{APP_PORT}")), "{rec}");
+
+    // A port the service does not define has no endpoint: closed at the source, flagged UH.
+    assert_refused(&client, SocketAddr::new(vip.ip(), 81));
+    assert_eq!(
+        metric_sum(
+            &z1.metrics(),
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "source"),
+                ("destination_service", HOST),
+                ("response_flags", "UH"),
+            ],
+        ),
+        1.0
+    );
+    assert_eq!(
+        echo_a.accepted.load(Ordering::SeqCst) + echo_b.accepted.load(Ordering::SeqCst),
+        N,
+        "nothing more reached the apps"
+    );
 }
 
 #[test]
@@ -566,26 +586,30 @@ fn bad_hbone_requests_get_the_right_status() {
                         .connect(ServerName::IpAddress(hbone.ip().into()), tcp)
                         .await
                 };
-                let attempt = pool.connect(key, ConnectRequest::new(target), dial);
-                let probe = match tokio::time::timeout(WAIT, attempt).await {
-                    Err(_) => Err("timed out".to_string()),
-                    Ok(Err(e)) => Err(match e.status() {
-                        Some(s) => s.as_u16().to_string(),
-                        None => format!("not a status: {e}"),
-                    }),
-                    Ok(Ok((mut stream, _response))) => {
-                        let mut line = Vec::new();
-                        let mut byte = [0u8; 1];
-                        while !line.ends_with(b"\n") {
-                            match stream.read(&mut byte).await {
-                                Ok(1) => line.push(byte[0]),
-                                _ => break,
-                            }
+                // The whole probe is bounded: a CONNECT that is wrongly accepted may never
+                // produce a greeting (e.g. when tunnelled into ztunnel's own port).
+                let attempt = async {
+                    let (mut stream, _response) = pool
+                        .connect(key, ConnectRequest::new(target), dial)
+                        .await
+                        .map_err(|e| match e.status() {
+                            Some(s) => s.as_u16().to_string(),
+                            None => format!("not a status: {e}"),
+                        })?;
+                    let mut line = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !line.ends_with(b"\n") {
+                        match stream.read(&mut byte).await {
+                            Ok(1) => line.push(byte[0]),
+                            _ => break,
                         }
-                        let _ = stream.shutdown().await;
-                        Ok(String::from_utf8_lossy(&line).trim_end().to_string())
                     }
+                    let _ = stream.shutdown().await;
+                    Ok(String::from_utf8_lossy(&line).trim_end().to_string())
                 };
+                let probe = tokio::time::timeout(WAIT, attempt)
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".to_string()));
                 out.push(probe);
             }
             out
