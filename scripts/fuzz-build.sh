@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Builds every fuzz target in fuzz/ (a standalone cargo-fuzz crate) so that CI catches targets
+# broken by API changes in mesh. A plain build on stable Rust: no sanitizers, no coverage
+# instrumentation, and cargo-fuzz need not be installed. To actually fuzz, see docs/FUZZING.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# libfuzzer-sys compiles libFuzzer's C++ sources; say so plainly rather than failing deep
+# inside a build script.
+if ! command -v c++ >/dev/null 2>&1 && ! command -v g++ >/dev/null 2>&1 && ! command -v clang++ >/dev/null 2>&1; then
+  echo "scripts/fuzz-build.sh: a C++ compiler (g++ or clang++) is needed to build libFuzzer" >&2
+  exit 1
+fi
+
+# The fuzz crate has its own lock file and workspace; keep its artifacts apart from the main
+# workspace's (different dependency features would otherwise force rebuilds both ways).
+cargo build --locked --manifest-path fuzz/Cargo.toml --target-dir target/fuzz --bins
+echo "fuzz targets built: $(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -vc '^ambit-fuzz$')"
