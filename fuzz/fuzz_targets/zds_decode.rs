@@ -25,8 +25,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let with_fd = decode_request(data, vec![OwnedFd::from(file)]);
     match (&without_fd, &with_fd) {
-        // The fd is what turns "missing fd" into an add; nothing else may change.
-        (Err(ZdsError::MissingFd), Ok(ZdsRequest::Add { .. })) => {}
+        // An add is checked for its fd before its fields, so with the fd it either decodes
+        // or fails on its contents (an empty uid).
+        (Err(ZdsError::MissingFd), Ok(ZdsRequest::Add { .. }) | Err(ZdsError::Decode(_))) => {}
         (Err(ZdsError::MissingFd), other) => panic!("fd did not complete the add: {other:?}"),
         // Any other request refuses a stray fd.
         (Ok(_), Err(ZdsError::UnexpectedFds(1))) => {}
