@@ -27,8 +27,8 @@ mod pool_tests;
 use std::io;
 
 pub use codec::{
-    build_connect_request, parse_connect_request, Baggage, ConnectError, ConnectRequest,
-    Forwarded, TraceParent,
+    build_connect_request, parse_connect_request, Baggage, ConnectError, ConnectRequest, Forwarded,
+    TraceParent,
 };
 pub use pool::{Pool, PoolConfig, PoolKey};
 pub use server::{serve_connection, IncomingConnect};

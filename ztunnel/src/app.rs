@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
+use crate::certsource::CountingSource;
 use crate::config::{Config, ProxyMode};
 use crate::logging::LogHandle;
 use crate::metrics::Metrics;
@@ -43,7 +44,11 @@ pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
     let ca_dir = args.ca_dir.clone().context("AMBIT_CA_DIR")?;
     let ca = CertificateAuthority::from_cacerts_dir(&ca_dir)
         .with_context(|| format!("loading the file CA from {}", ca_dir.display()))?;
-    let secrets = SecretManager::new(Arc::new(FileCa::new(Arc::new(ca), args.secret_ttl)));
+    let file_ca = FileCa {
+        ca: Arc::new(ca),
+        lifetime: args.secret_ttl,
+    };
+    let secrets = SecretManager::new(Arc::new(CountingSource::new(file_ca, metrics.clone())));
     let tls = Arc::new(TlsCache::new(secrets.clone()));
 
     // Bind the operational endpoints before serving anything.
@@ -53,7 +58,13 @@ pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
     let ready_listener = bind(args.readiness_addr, "readiness").await?;
 
     let shutdown = Shutdown::default();
-    let inputs = ProxyInputs::new(cfg.clone(), state.clone(), tls, metrics.clone(), shutdown.clone());
+    let inputs = ProxyInputs::new(
+        cfg.clone(),
+        state.clone(),
+        tls,
+        metrics.clone(),
+        shutdown.clone(),
+    );
 
     let dump_inputs = inputs.clone();
     let admin_state = AdminState {
@@ -61,9 +72,15 @@ pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
             let st = dump_inputs.state.current();
             let mut dump = st.to_dump();
             if let Some(obj) = dump.as_object_mut() {
-                obj.insert("certificates".into(), serde_json::to_value(secrets.dump()).unwrap_or_default());
+                obj.insert(
+                    "certificates".into(),
+                    serde_json::to_value(secrets.dump()).unwrap_or_default(),
+                );
                 obj.insert("servedWorkloads".into(), dump_inputs.served_dump());
-                obj.insert("configStatus".into(), serde_json::to_value(dump_inputs.state.status()).unwrap_or_default());
+                obj.insert(
+                    "configStatus".into(),
+                    serde_json::to_value(dump_inputs.state.status()).unwrap_or_default(),
+                );
             }
             dump
         }),
@@ -78,8 +95,16 @@ pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
             warn!(error = %e, "admin endpoint stopped");
         }
     });
-    tokio::spawn(httpserver::serve_metrics(stats_listener, metrics.clone(), until_exit.clone().cancelled_owned()));
-    tokio::spawn(httpserver::serve_readiness(ready_listener, readiness.clone(), until_exit.clone().cancelled_owned()));
+    tokio::spawn(httpserver::serve_metrics(
+        stats_listener,
+        metrics.clone(),
+        until_exit.clone().cancelled_owned(),
+    ));
+    tokio::spawn(httpserver::serve_readiness(
+        ready_listener,
+        readiness.clone(),
+        until_exit.clone().cancelled_owned(),
+    ));
 
     // Re-check open connections whenever the config changes.
     let recheck_inputs = inputs.clone();
@@ -97,17 +122,26 @@ pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
     // Serve workloads.
     let _dedicated = match args.proxy_mode {
         ProxyMode::Dedicated => {
-            let info = cfg.dedicated_workload.clone().context("PROXY_WORKLOAD_INFO")?;
+            let info = cfg
+                .dedicated_workload
+                .clone()
+                .context("PROXY_WORKLOAD_INFO")?;
             let listeners = readiness.register("listeners");
-            let workload = LocalWorkload::new("dedicated".into(), info, &args.trust_domain, Netns::Current)
-                .map_err(anyhow::Error::msg)?;
-            let proxy = WorkloadProxy::start(&inputs, workload).context("binding workload listeners")?;
+            let workload =
+                LocalWorkload::new("dedicated".into(), info, &args.trust_domain, Netns::Current)
+                    .map_err(anyhow::Error::msg)?;
+            let proxy =
+                WorkloadProxy::start(&inputs, workload).context("binding workload listeners")?;
             drop(listeners);
             Some(proxy)
         }
         ProxyMode::Shared => {
             let first_snapshot = readiness.register("first ZDS snapshot from the node agent");
-            tokio::spawn(inpod::run(inputs.clone(), args.inpod_uds.clone(), first_snapshot));
+            tokio::spawn(inpod::run(
+                inputs.clone(),
+                args.inpod_uds.clone(),
+                first_snapshot,
+            ));
             None
         }
     };
@@ -143,10 +177,17 @@ async fn drain(shutdown: &Shutdown, deadline: std::time::Duration, readiness: &R
     shutdown.tasks.close();
     let open = shutdown.tasks.len();
     info!(open, deadline = ?deadline, "waiting for in-flight connections");
-    if tokio::time::timeout(deadline, shutdown.tasks.wait()).await.is_err() {
-        warn!(left = shutdown.tasks.len(), "drain deadline passed; closing remaining connections");
+    if tokio::time::timeout(deadline, shutdown.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            left = shutdown.tasks.len(),
+            "drain deadline passed; closing remaining connections"
+        );
         shutdown.force.cancel();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), shutdown.tasks.wait()).await;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(1), shutdown.tasks.wait()).await;
     }
     shutdown.force.cancel();
     info!("drained");

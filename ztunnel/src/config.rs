@@ -29,7 +29,11 @@ pub enum LogFormatArg {
 
 /// Command-line flags; each one also reads the environment variable named beside it.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "ztunnel", version, about = "ambit's per-node L4 agent (HBONE mTLS tunnel)")]
+#[command(
+    name = "ztunnel",
+    version,
+    about = "ambit's per-node L4 agent (HBONE mTLS tunnel)"
+)]
 pub struct Args {
     /// Local config file (Istio ztunnel's LocalConfig YAML: workloads, services, policies). Watched for changes.
     #[arg(long, env = "LOCAL_XDS_PATH")]
@@ -41,13 +45,23 @@ pub struct Args {
     #[arg(long, env = "CA_ADDRESS")]
     pub ca_address: Option<String>,
     /// `shared` (per node, pods handed over by ZDS) or `dedicated` (serve only this netns).
-    #[arg(long, env = "PROXY_MODE", value_enum, ignore_case = true, default_value = "shared")]
+    #[arg(
+        long,
+        env = "PROXY_MODE",
+        value_enum,
+        ignore_case = true,
+        default_value = "shared"
+    )]
     pub proxy_mode: ProxyMode,
     /// Dedicated mode: the one workload served, as `namespace/name/service-account`.
     #[arg(long, env = "PROXY_WORKLOAD_INFO")]
     pub proxy_workload_info: Option<String>,
     /// ZDS unix socket the node agent listens on (shared mode).
-    #[arg(long, env = "INPOD_UDS", default_value = "/var/run/ztunnel/ztunnel.sock")]
+    #[arg(
+        long,
+        env = "INPOD_UDS",
+        default_value = "/var/run/ztunnel/ztunnel.sock"
+    )]
     pub inpod_uds: PathBuf,
     /// SO_MARK set on ztunnel's own sockets so the redirect rules skip them.
     #[arg(long, env = "PACKET_MARK", default_value_t = 1337)]
@@ -68,7 +82,13 @@ pub struct Args {
     #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
     pub secret_ttl: Duration,
     /// `text` or `json` logs (access log included).
-    #[arg(long, env = "LOG_FORMAT", value_enum, ignore_case = true, default_value = "text")]
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        ignore_case = true,
+        default_value = "text"
+    )]
     pub log_format: LogFormatArg,
     /// ambit file CA: a directory in Istio's `cacerts` layout (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem).
     #[arg(long, env = "AMBIT_CA_DIR")]

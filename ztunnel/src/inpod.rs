@@ -42,7 +42,7 @@ pub async fn run(inputs: Arc<ProxyInputs>, uds: PathBuf, first_snapshot: BlockRe
         };
         let result = tokio::select! {
             r = session => r,
-            _ = drain.cancelled() => return,
+            _ = drain.cancelled() => break,
         };
         match result {
             Err(ZdsError::Closed) => warn!("node agent closed the ZDS connection; reconnecting"),
@@ -51,10 +51,16 @@ pub async fn run(inputs: Arc<ProxyInputs>, uds: PathBuf, first_snapshot: BlockRe
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = drain.cancelled() => return,
+            _ = drain.cancelled() => break,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+    // Draining: stop talking to the agent, but keep the pods' proxies alive until ztunnel
+    // exits. Dropping them here would cancel their `removed` tokens and cut every in-flight
+    // connection at once, instead of letting them finish within the drain deadline. (Their
+    // accept loops already stopped: they follow the drain token.)
+    inputs.shutdown.force.cancelled().await;
+    drop(manager);
 }
 
 struct Manager {
@@ -143,8 +149,8 @@ impl Manager {
             &self.inputs.cfg.args.trust_domain,
             Netns::Pod(Arc::new(pod_netns)),
         )?;
-        let proxy = WorkloadProxy::start(&self.inputs, workload)
-            .map_err(|e| format!("pod {uid}: {e}"))?;
+        let proxy =
+            WorkloadProxy::start(&self.inputs, workload).map_err(|e| format!("pod {uid}: {e}"))?;
         self.proxies.insert(uid, proxy);
         Ok(())
     }
@@ -156,7 +162,11 @@ impl Manager {
         proxy.stop();
         let identity = proxy.workload.identity.clone();
         info!(%uid, workload = %identity, "stopped serving pod");
-        if !self.proxies.values().any(|p| p.workload.identity == identity) {
+        if !self
+            .proxies
+            .values()
+            .any(|p| p.workload.identity == identity)
+        {
             self.inputs.tls.forget(&identity);
         }
     }

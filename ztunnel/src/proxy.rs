@@ -141,7 +141,12 @@ pub struct LocalWorkload {
 }
 
 impl LocalWorkload {
-    pub fn new(uid: String, info: WorkloadInfo, trust_domain: &str, netns: Netns) -> Result<Self, String> {
+    pub fn new(
+        uid: String,
+        info: WorkloadInfo,
+        trust_domain: &str,
+        netns: Netns,
+    ) -> Result<Self, String> {
         let identity = Identity::new(trust_domain, &info.namespace, &info.service_account)
             .map_err(|e| format!("workload {}/{}: {e}", info.namespace, info.name))?;
         Ok(LocalWorkload {
@@ -165,7 +170,10 @@ pub struct WorkloadProxy {
 
 impl WorkloadProxy {
     /// Binds the workload's listeners (all of them, or none) and starts serving.
-    pub fn start(inputs: &Arc<ProxyInputs>, workload: LocalWorkload) -> std::io::Result<WorkloadProxy> {
+    pub fn start(
+        inputs: &Arc<ProxyInputs>,
+        workload: LocalWorkload,
+    ) -> std::io::Result<WorkloadProxy> {
         let workload = Arc::new(workload);
         let mut families = vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)];
         if inputs.cfg.args.ipv6_enabled {

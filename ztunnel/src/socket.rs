@@ -21,7 +21,11 @@ pub struct SocketOptions {
 
 /// Binds a listener inside `netns`. Listeners are IP_TRANSPARENT so TPROXY-delivered
 /// connections are accepted too.
-pub fn bind_listener(netns: &Netns, addr: SocketAddr, opts: SocketOptions) -> io::Result<TcpListener> {
+pub fn bind_listener(
+    netns: &Netns,
+    addr: SocketAddr,
+    opts: SocketOptions,
+) -> io::Result<TcpListener> {
     let std_listener = netns.run(|| {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
@@ -65,10 +69,21 @@ pub async fn connect(
         }
         Ok(socket)
     })?;
-    let stream = socket.connect(dst).await?;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(dst))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {dst} timed out after {CONNECT_TIMEOUT:?}"),
+            )
+        })??;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
+
+/// Bound on a TCP connect, so an unreachable peer fails a connection in seconds, not the
+/// kernel's minutes of SYN retries.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn set_transparent(socket: &Socket, ipv6: bool) -> io::Result<()> {
     if ipv6 {

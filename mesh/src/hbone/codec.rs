@@ -97,6 +97,21 @@ pub fn parse_authority(s: &str) -> Result<SocketAddr, ConnectError> {
         .map_err(|_| ConnectError::BadAuthority(truncate_for_error(s)))
 }
 
+/// Parses one `baggage` header value (never fails; see [`Baggage::parse`]).
+pub fn parse_baggage(value: &str) -> Baggage {
+    Baggage::parse(value)
+}
+
+/// Parses a `forwarded` header value (see [`Forwarded::parse`]).
+pub fn parse_forwarded(value: &str) -> Result<Forwarded, ForwardedError> {
+    Forwarded::parse(value)
+}
+
+/// Parses a `traceparent` header value (see [`TraceParent::parse`]).
+pub fn parse_traceparent(value: &str) -> Result<TraceParent, TraceParentError> {
+    TraceParent::parse(value)
+}
+
 /// The baggage of a header map: every `baggage` value, in order (a peer may split it across
 /// several header lines). `None` when absent or when no known key carries a value.
 pub fn baggage_from_headers(headers: &HeaderMap) -> Option<Baggage> {
@@ -226,7 +241,9 @@ fn workload_type_of_key(key: &str) -> Option<&str> {
     let plausible = !kind.is_empty()
         && kind != "cluster"
         && kind != "namespace"
-        && kind.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+        && kind
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
     plausible.then_some(kind)
 }
 

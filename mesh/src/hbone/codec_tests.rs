@@ -112,7 +112,10 @@ fn malformed_optional_headers_read_as_absent() {
     let mut req = connect_to("10.0.0.1:80");
     let h = req.headers_mut();
     h.insert("forwarded", "for=\"unterminated".parse().unwrap());
-    h.insert("traceparent", "00-nothex-0000000000000000-00".parse().unwrap());
+    h.insert(
+        "traceparent",
+        "00-nothex-0000000000000000-00".parse().unwrap(),
+    );
     h.insert("baggage", "nonsense,k8s.unknown.key".parse().unwrap());
     let r = parse_connect_request(&req).unwrap();
     assert_eq!(r, ConnectRequest::new(addr("10.0.0.1:80")));
@@ -186,7 +189,9 @@ fn baggage_escapes_separators() {
     assert_eq!(Baggage::parse(&s), b);
     // A bad escape stays literal.
     assert_eq!(
-        Baggage::parse("service.name=100%zz").service_name.as_deref(),
+        Baggage::parse("service.name=100%zz")
+            .service_name
+            .as_deref(),
         Some("100%zz")
     );
 }
@@ -195,16 +200,32 @@ fn baggage_escapes_separators() {
 fn forwarded_parse() {
     let cases: &[(&str, Option<&str>, Option<&str>)] = &[
         ("for=\"10.1.2.3:80\"", Some("10.1.2.3:80"), None),
-        ("for=\"[::1]:80\";host=svc.ns", Some("[::1]:80"), Some("svc.ns")),
-        ("For=\"[2001:db8::1]:443\"; Host=\"a.b\"", Some("[2001:db8::1]:443"), Some("a.b")),
+        (
+            "for=\"[::1]:80\";host=svc.ns",
+            Some("[::1]:80"),
+            Some("svc.ns"),
+        ),
+        (
+            "For=\"[2001:db8::1]:443\"; Host=\"a.b\"",
+            Some("[2001:db8::1]:443"),
+            Some("a.b"),
+        ),
         // Bare IPs, unknown and obfuscated identifiers carry no address we can use.
         ("for=192.0.2.43;host=h", None, Some("h")),
         ("for=unknown", None, None),
         ("for=_hidden;proto=https;by=_x", None, None),
         // Several hops: the first is the original client.
-        ("for=\"10.0.0.1:1\", for=\"10.0.0.2:2\"", Some("10.0.0.1:1"), None),
+        (
+            "for=\"10.0.0.1:1\", for=\"10.0.0.2:2\"",
+            Some("10.0.0.1:1"),
+            None,
+        ),
         // Separators inside quotes do not split.
-        ("host=\"a;b,c\";for=\"10.0.0.1:5\"", Some("10.0.0.1:5"), Some("a;b,c")),
+        (
+            "host=\"a;b,c\";for=\"10.0.0.1:5\"",
+            Some("10.0.0.1:5"),
+            Some("a;b,c"),
+        ),
         ("host=\"q\\\"x\"", None, Some("q\"x")),
         ("for=\"10.0.0.1:1\";;host=h", Some("10.0.0.1:1"), Some("h")),
     ];
@@ -247,7 +268,10 @@ fn forwarded_format() {
         for_addr: Some(addr("[::1]:80")),
         host: Some("svc.ns.svc.cluster.local".into()),
     };
-    assert_eq!(f.to_string(), "for=\"[::1]:80\";host=svc.ns.svc.cluster.local");
+    assert_eq!(
+        f.to_string(),
+        "for=\"[::1]:80\";host=svc.ns.svc.cluster.local"
+    );
     let f = Forwarded {
         for_addr: None,
         host: Some("needs \"quoting\"".into()),
@@ -276,7 +300,10 @@ fn traceparent_format_and_parse() {
     let good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let t = TraceParent::parse(good).unwrap();
     assert_eq!(t.flags, 1);
-    assert_eq!(t.parent_id, [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]);
+    assert_eq!(
+        t.parent_id,
+        [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]
+    );
     assert_eq!(t.to_string(), good);
     // A future version may carry more fields.
     assert!(TraceParent::parse(&format!("01{}-extra", &good[2..])).is_ok());
@@ -287,15 +314,42 @@ fn traceparent_rejects() {
     use TraceParentError::*;
     let cases = [
         ("", BadLayout),
-        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331", BadLayout),
-        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x", BadLayout),
-        ("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", NotHex("trace-id")),
-        ("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", ForbiddenVersion),
-        ("00-00000000000000000000000000000000-b7ad6b7169203331-01", ZeroId("trace-id")),
-        ("00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", ZeroId("parent-id")),
-        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g", NotHex("flags")),
-        ("00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", BadLayout),
-        ("0é-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0", BadLayout),
+        (
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            BadLayout,
+        ),
+        (
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
+            BadLayout,
+        ),
+        (
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            NotHex("trace-id"),
+        ),
+        (
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ForbiddenVersion,
+        ),
+        (
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            ZeroId("trace-id"),
+        ),
+        (
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            ZeroId("parent-id"),
+        ),
+        (
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g",
+            NotHex("flags"),
+        ),
+        (
+            "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            BadLayout,
+        ),
+        (
+            "0é-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0",
+            BadLayout,
+        ),
     ];
     for (input, want) in cases {
         assert_eq!(TraceParent::parse(input), Err(want), "{input:?}");
@@ -330,24 +384,29 @@ fn baggage() -> impl Strategy<Value = Baggage> {
     (
         opt_value(),
         opt_value(),
-        proptest::option::of((label(), any::<String>().prop_filter("ne", |s| !s.is_empty()))),
+        proptest::option::of((
+            label(),
+            any::<String>().prop_filter("ne", |s| !s.is_empty()),
+        )),
         opt_value(),
         opt_value(),
     )
-        .prop_map(|(cluster_id, namespace, workload, service_name, service_version)| {
-            let (workload_type, workload_name) = match workload {
-                Some((t, n)) => (Some(t), Some(n)),
-                None => (None, None),
-            };
-            Baggage {
-                cluster_id,
-                namespace,
-                workload_type,
-                workload_name,
-                service_name,
-                service_version,
-            }
-        })
+        .prop_map(
+            |(cluster_id, namespace, workload, service_name, service_version)| {
+                let (workload_type, workload_name) = match workload {
+                    Some((t, n)) => (Some(t), Some(n)),
+                    None => (None, None),
+                };
+                Baggage {
+                    cluster_id,
+                    namespace,
+                    workload_type,
+                    workload_name,
+                    service_name,
+                    service_version,
+                }
+            },
+        )
 }
 
 fn socket_addr() -> impl Strategy<Value = SocketAddr> {

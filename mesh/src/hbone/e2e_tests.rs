@@ -34,6 +34,8 @@ pub(super) const PORT_UNAVAILABLE: u16 = 503;
 pub(super) const PORT_DROP: u16 = 504;
 /// Reads the whole request stream first, then answers `got:<bytes>`: proves half-close.
 pub(super) const PORT_AFTER_EOF: u16 = 7;
+/// Accepts, waits for the first bytes, then resets the stream with INTERNAL_ERROR.
+pub(super) const PORT_RESET: u16 = 666;
 
 pub(super) fn dest_baggage() -> Baggage {
     Baggage {
@@ -106,6 +108,11 @@ async fn handle(inc: IncomingConnect, seen: mpsc::UnboundedSender<ConnectRequest
             s.write_all(&got).await.unwrap();
             s.shutdown().await.unwrap();
         }
+        PORT_RESET => {
+            let mut s = inc.accept(None).unwrap();
+            let _ = s.recv_bytes().await;
+            s.reset(h2::Reason::INTERNAL_ERROR);
+        }
         _ => {
             let s = inc.accept(Some(dest_baggage())).unwrap();
             let (mut r, mut w) = tokio::io::split(s);
@@ -167,13 +174,10 @@ async fn echo_round_trip_and_headers() {
     });
     req.traceparent = Some(TraceParent::random());
 
-    let (mut s, resp) = within(pool.connect(
-        key(srv.addr),
-        req.clone(),
-        counting_dial(srv.addr, &dials),
-    ))
-    .await
-    .unwrap();
+    let (mut s, resp) =
+        within(pool.connect(key(srv.addr), req.clone(), counting_dial(srv.addr, &dials)))
+            .await
+            .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(
         codec::baggage_from_headers(resp.headers()),
@@ -219,13 +223,9 @@ async fn ten_mib_both_ways() {
     let srv = start_server().await;
     let pool = Pool::new(PoolConfig::default());
     let dials = Arc::new(AtomicUsize::new(0));
-    let (s, _) = within(pool.connect(
-        key(srv.addr),
-        target(9000),
-        counting_dial(srv.addr, &dials),
-    ))
-    .await
-    .unwrap();
+    let (s, _) = within(pool.connect(key(srv.addr), target(9000), counting_dial(srv.addr, &dials)))
+        .await
+        .unwrap();
     // A pattern that is not periodic at any power of two, so a dropped or reordered frame shows.
     let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
     let (mut r, mut w) = tokio::io::split(s);
@@ -247,13 +247,10 @@ async fn zero_copy_bytes_api() {
     let srv = start_server().await;
     let pool = Pool::new(PoolConfig::default());
     let dials = Arc::new(AtomicUsize::new(0));
-    let (mut s, _) = within(pool.connect(
-        key(srv.addr),
-        target(9001),
-        counting_dial(srv.addr, &dials),
-    ))
-    .await
-    .unwrap();
+    let (mut s, _) =
+        within(pool.connect(key(srv.addr), target(9001), counting_dial(srv.addr, &dials)))
+            .await
+            .unwrap();
     let payload = Bytes::from(vec![7u8; 3 * 1024 * 1024]);
     let sender = async {
         s.send_bytes(payload.clone()).await.unwrap();
@@ -279,14 +276,14 @@ async fn rejections_surface_as_status() {
         // A handler that drops the request without answering yields 503, not a hang.
         (PORT_DROP, StatusCode::SERVICE_UNAVAILABLE),
     ] {
-        let err = within(pool.connect(
-            key(srv.addr),
-            target(port),
-            counting_dial(srv.addr, &dials),
-        ))
-        .await
-        .unwrap_err();
-        assert!(matches!(err, HboneError::Status(s) if s == want), "{port}: {err}");
+        let err =
+            within(pool.connect(key(srv.addr), target(port), counting_dial(srv.addr, &dials)))
+                .await
+                .unwrap_err();
+        assert!(
+            matches!(err, HboneError::Status(s) if s == want),
+            "{port}: {err}"
+        );
         assert_eq!(err.status(), Some(want));
         assert!(!err.is_retryable());
     }
@@ -327,13 +324,10 @@ async fn drain_finishes_in_flight_and_moves_new_streams() {
     let mut srv = start_server().await;
     let pool = Pool::new(PoolConfig::default());
     let dials = Arc::new(AtomicUsize::new(0));
-    let (mut inflight, _) = within(pool.connect(
-        key(srv.addr),
-        target(80),
-        counting_dial(srv.addr, &dials),
-    ))
-    .await
-    .unwrap();
+    let (mut inflight, _) =
+        within(pool.connect(key(srv.addr), target(80), counting_dial(srv.addr, &dials)))
+            .await
+            .unwrap();
     let first = within(srv.conns.recv()).await.unwrap();
     first.drain.send(()).unwrap();
 
@@ -346,13 +340,10 @@ async fn drain_finishes_in_flight_and_moves_new_streams() {
     );
 
     // A new stream is not put on the draining connection: the pool dials a fresh one.
-    let (mut fresh, _) = within(pool.connect(
-        key(srv.addr),
-        target(80),
-        counting_dial(srv.addr, &dials),
-    ))
-    .await
-    .unwrap();
+    let (mut fresh, _) =
+        within(pool.connect(key(srv.addr), target(80), counting_dial(srv.addr, &dials)))
+            .await
+            .unwrap();
     assert_eq!(dials.load(Ordering::SeqCst), 2);
     assert_eq!(srv.accepted.load(Ordering::SeqCst), 2);
     assert_eq!(pool.connections(), 1, "draining connection left the pool");
@@ -391,4 +382,53 @@ async fn raw_stream_after_goaway_is_refused() {
         },
     };
     assert!(refused.is_retryable(), "{refused}");
+}
+
+#[tokio::test]
+async fn peer_reset_is_an_io_error_not_eof() {
+    let srv = start_server().await;
+    let pool = Pool::new(PoolConfig::default());
+    let dials = Arc::new(AtomicUsize::new(0));
+    let (mut s, _) = within(pool.connect(
+        key(srv.addr),
+        target(PORT_RESET),
+        counting_dial(srv.addr, &dials),
+    ))
+    .await
+    .unwrap();
+    s.write_all(b"trigger").await.unwrap();
+    let mut buf = Vec::new();
+    let err = within(s.read_to_end(&mut buf)).await.unwrap_err();
+    // A proxy must see an abort here, or it would pass a truncated stream off as complete.
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+}
+
+#[tokio::test]
+async fn keepalive_gives_up_on_a_peer_that_ignores_pings() {
+    const INTERVAL: Duration = Duration::from_millis(20);
+    const TIMEOUT: Duration = Duration::from_millis(50);
+    let (mut peer, server_io) = tokio::io::duplex(1024 * 1024);
+    // A client that sends its preface and SETTINGS, then never reads or answers anything.
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    peer.write_all(&preface).await.unwrap();
+    let mut conn = within(settings::server_builder().handshake::<_, Bytes>(server_io))
+        .await
+        .unwrap();
+    let keepalive = settings::keepalive(conn.ping_pong(), INTERVAL, TIMEOUT);
+    let start = std::time::Instant::now();
+    // Drive the connection alongside, as serve_connection does; it never yields a stream.
+    let verdict = within(async {
+        tokio::select! {
+            e = keepalive => e,
+            r = conn.accept() => panic!("unexpected accept result {r:?}"),
+        }
+    })
+    .await;
+    assert!(
+        matches!(verdict, settings::KeepaliveError::Timeout(t) if t == TIMEOUT),
+        "{verdict}"
+    );
+    assert!(start.elapsed() >= INTERVAL + TIMEOUT);
+    drop(peer);
 }

@@ -145,11 +145,8 @@ where
     Ok(())
 }
 
-fn dispatch<F, Fut>(
-    req: http::Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
-    handler: &F,
-) where
+fn dispatch<F, Fut>(req: http::Request<RecvStream>, mut respond: SendResponse<Bytes>, handler: &F)
+where
     F: Fn(IncomingConnect) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {

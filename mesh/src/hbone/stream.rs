@@ -119,7 +119,11 @@ impl H2Stream {
     }
 
     /// Waits until at least one byte (at most `wanted`, at most a frame) may be sent.
-    fn poll_send_capacity(&mut self, cx: &mut Context<'_>, wanted: usize) -> Poll<io::Result<usize>> {
+    fn poll_send_capacity(
+        &mut self,
+        cx: &mut Context<'_>,
+        wanted: usize,
+    ) -> Poll<io::Result<usize>> {
         if self.write_closed {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -178,7 +182,10 @@ impl AsyncWrite for H2Stream {
             return Poll::Ready(Ok(0));
         }
         let n = ready!(this.poll_send_capacity(cx, buf.len()))?;
-        match this.send.send_data(Bytes::copy_from_slice(&buf[..n]), false) {
+        match this
+            .send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+        {
             Ok(()) => Poll::Ready(Ok(n)),
             Err(_) => this.poll_reset_error(cx),
         }

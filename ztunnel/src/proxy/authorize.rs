@@ -75,7 +75,11 @@ impl TrackGuard<'_> {
 
 impl Drop for TrackGuard<'_> {
     fn drop(&mut self) {
-        self.tracker.open.lock().expect("conn tracker lock").remove(&self.id);
+        self.tracker
+            .open
+            .lock()
+            .expect("conn tracker lock")
+            .remove(&self.id);
     }
 }
 

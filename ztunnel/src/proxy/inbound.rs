@@ -13,6 +13,7 @@ use http::StatusCode;
 use mesh::authz::ConnInfo;
 use mesh::hbone::server::{serve_connection, IncomingConnect};
 use mesh::identity::Identity;
+use mesh::model::{Service, State, Workload};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
@@ -25,7 +26,15 @@ use super::{is_proxy_port, LocalWorkload, ProxyInputs};
 use crate::metrics::Reporter;
 use crate::socket;
 
-pub async fn handle(inputs: Arc<ProxyInputs>, local: Arc<LocalWorkload>, stream: TcpStream, peer: SocketAddr) {
+/// A peer that cannot finish a TLS handshake in this long is holding a socket for nothing.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub async fn handle(
+    inputs: Arc<ProxyInputs>,
+    local: Arc<LocalWorkload>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
     let server_cfg = match inputs.tls.server_config(&local.identity).await {
         Ok(c) => c,
         Err(e) => {
@@ -33,10 +42,15 @@ pub async fn handle(inputs: Arc<ProxyInputs>, local: Arc<LocalWorkload>, stream:
             return;
         }
     };
-    let tls = match TlsAcceptor::from(server_cfg).accept(stream).await {
-        Ok(t) => t,
-        Err(e) => {
+    let handshake = TlsAcceptor::from(server_cfg).accept(stream);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
             debug!(error = %e, %peer, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
             return;
         }
     };
@@ -54,7 +68,7 @@ pub async fn handle(inputs: Arc<ProxyInputs>, local: Arc<LocalWorkload>, stream:
             let inputs = inputs.clone();
             let local = local.clone();
             let peer_identity = peer_identity.clone();
-            async move { stream(inputs, local, peer, &peer_identity, incoming).await }
+            async move { serve_stream(inputs, local, peer, &peer_identity, incoming).await }
         }
     };
     if let Err(e) = serve_connection(tls, handler, async move { drain.cancelled().await }).await {
@@ -63,7 +77,7 @@ pub async fn handle(inputs: Arc<ProxyInputs>, local: Arc<LocalWorkload>, stream:
 }
 
 /// One CONNECT stream.
-async fn stream(
+async fn serve_stream(
     inputs: Arc<ProxyInputs>,
     local: Arc<LocalWorkload>,
     peer: SocketAddr,
@@ -71,9 +85,16 @@ async fn stream(
     incoming: IncomingConnect,
 ) {
     let target = incoming.request.authority;
+    let incoming_host = incoming
+        .request
+        .forwarded
+        .as_ref()
+        .and_then(|f| f.host.clone());
     let state = inputs.state.current();
     let src = state.workload_by_ip(peer.ip()).cloned();
-    let dst = state.workload_by_name(&local.info.namespace, &local.info.name).cloned();
+    let dst = state
+        .workload_by_name(&local.info.namespace, &local.info.name)
+        .cloned();
     let mut ends = Ends {
         src: src.as_deref(),
         src_identity: Some(peer_identity),
@@ -83,21 +104,47 @@ async fn stream(
         ..Default::default()
     };
     let refuse = |ends: &Ends<'_>, status: StatusCode, flag: &str, why: String| {
-        telemetry::refused(&inputs.metrics, Reporter::Destination, ends, peer, target, flag, why);
+        telemetry::refused(
+            &inputs.metrics,
+            Reporter::Destination,
+            ends,
+            peer,
+            target,
+            flag,
+            why,
+        );
         status
     };
     let Some(dst) = dst.as_deref() else {
-        let status = refuse(&ends, StatusCode::SERVICE_UNAVAILABLE, "NR", format!("unknown local workload {}/{}", local.info.namespace, local.info.name));
+        let status = refuse(
+            &ends,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NR",
+            format!(
+                "unknown local workload {}/{}",
+                local.info.namespace, local.info.name
+            ),
+        );
         incoming.reject(status);
         return;
     };
     if !dst.workload_ips.contains(&target.ip()) {
-        let status = refuse(&ends, StatusCode::BAD_REQUEST, "NR", format!("target {target} is not this workload"));
+        let status = refuse(
+            &ends,
+            StatusCode::BAD_REQUEST,
+            "NR",
+            format!("target {target} is not this workload"),
+        );
         incoming.reject(status);
         return;
     }
     if is_proxy_port(target.port()) {
-        let status = refuse(&ends, StatusCode::SERVICE_UNAVAILABLE, "NR", format!("target port {} is ztunnel's own", target.port()));
+        let status = refuse(
+            &ends,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NR",
+            format!("target port {} is ztunnel's own", target.port()),
+        );
         incoming.reject(status);
         return;
     }
@@ -117,7 +164,12 @@ async fn stream(
     let upstream = match socket::connect(&local.netns, target, orig_src, inputs.socket_opts).await {
         Ok(s) => s,
         Err(e) => {
-            let status = refuse(&ends, StatusCode::SERVICE_UNAVAILABLE, "UF", format!("connect to app {target}: {e}"));
+            let status = refuse(
+                &ends,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UF",
+                format!("connect to app {target}: {e}"),
+            );
             incoming.reject(status);
             return;
         }
@@ -130,6 +182,8 @@ async fn stream(
         }
     };
     ends.dst = Some(dst);
+    let service = claimed_service(&state, dst, &incoming_host);
+    ends.service = service.as_deref();
     let guard = inputs.conns.track(dst, conn);
     let t = ConnTelemetry::open(&inputs.metrics, Reporter::Destination, &ends, peer, target);
     let result = tokio::select! {
@@ -137,4 +191,16 @@ async fn stream(
         _ = guard.closed() => Some("closed: denied by updated policy".to_string()),
     };
     t.finish(result);
+}
+
+/// The service the client says it addressed (`forwarded: host=`), believed only if the
+/// destination workload really is one of its endpoints: a client cannot inflate metric
+/// cardinality or claim an arbitrary service.
+fn claimed_service(state: &State, dst: &Workload, host: &Option<String>) -> Option<Arc<Service>> {
+    let host = host.as_deref()?;
+    dst.services
+        .keys()
+        .find(|key| key.split_once('/').map(|(_, h)| h) == Some(host))
+        .and_then(|key| state.service_by_key(key))
+        .cloned()
 }

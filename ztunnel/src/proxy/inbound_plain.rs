@@ -16,7 +16,12 @@ use super::{is_proxy_port, LocalWorkload, ProxyInputs};
 use crate::metrics::Reporter;
 use crate::socket;
 
-pub async fn handle(inputs: Arc<ProxyInputs>, local: Arc<LocalWorkload>, stream: TcpStream, peer: SocketAddr) {
+pub async fn handle(
+    inputs: Arc<ProxyInputs>,
+    local: Arc<LocalWorkload>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
     let target = match socket::original_dst(&stream) {
         Ok(a) => a,
         Err(e) => {
@@ -26,7 +31,9 @@ pub async fn handle(inputs: Arc<ProxyInputs>, local: Arc<LocalWorkload>, stream:
     };
     let state = inputs.state.current();
     let src = state.workload_by_ip(peer.ip()).cloned();
-    let dst = state.workload_by_name(&local.info.namespace, &local.info.name).cloned();
+    let dst = state
+        .workload_by_name(&local.info.namespace, &local.info.name)
+        .cloned();
     let ends = Ends {
         src: src.as_deref(),
         dst: dst.as_deref(),
@@ -34,12 +41,28 @@ pub async fn handle(inputs: Arc<ProxyInputs>, local: Arc<LocalWorkload>, stream:
         ..Default::default()
     };
     let Some(dst) = dst.as_deref() else {
-        telemetry::refused(&inputs.metrics, Reporter::Destination, &ends, peer, target, "NR", "unknown local workload".into());
+        telemetry::refused(
+            &inputs.metrics,
+            Reporter::Destination,
+            &ends,
+            peer,
+            target,
+            "NR",
+            "unknown local workload".into(),
+        );
         return;
     };
     if is_proxy_port(target.port()) {
         // Only reachable by a rule mistake; never loop into ourselves.
-        telemetry::refused(&inputs.metrics, Reporter::Destination, &ends, peer, target, "NR", "target is a ztunnel port".into());
+        telemetry::refused(
+            &inputs.metrics,
+            Reporter::Destination,
+            &ends,
+            peer,
+            target,
+            "NR",
+            "target is a ztunnel port".into(),
+        );
         return;
     }
     let conn = ConnInfo {
@@ -50,7 +73,15 @@ pub async fn handle(inputs: Arc<ProxyInputs>, local: Arc<LocalWorkload>, stream:
     };
     if let Err(denied) = authorize(&inputs.cfg, &state, dst, &conn) {
         inputs.metrics.record_denied(denial_reason(&denied));
-        telemetry::refused(&inputs.metrics, Reporter::Destination, &ends, peer, target, "DENY", denied.to_string());
+        telemetry::refused(
+            &inputs.metrics,
+            Reporter::Destination,
+            &ends,
+            peer,
+            target,
+            "DENY",
+            denied.to_string(),
+        );
         return;
     }
     let orig_src = inputs.cfg.args.enable_orig_src.then_some(peer.ip());

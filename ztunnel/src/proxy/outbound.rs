@@ -69,7 +69,11 @@ pub fn route(state: &State, orig_dst: SocketAddr, pick: impl FnOnce(usize) -> us
     }
 }
 
-fn to_workload(workload: Arc<Workload>, target: SocketAddr, service: Option<Arc<Service>>) -> Route {
+fn to_workload(
+    workload: Arc<Workload>,
+    target: SocketAddr,
+    service: Option<Arc<Service>>,
+) -> Route {
     match workload.protocol {
         Protocol::Hbone => Route::Hbone {
             workload,
@@ -88,7 +92,11 @@ fn to_workload(workload: Arc<Workload>, target: SocketAddr, service: Option<Arc<
 fn expected_identities(workload: &Workload, service: Option<&Service>) -> Vec<Identity> {
     let mut ids = vec![workload.identity()];
     if let Some(svc) = service {
-        ids.extend(svc.subject_alt_names.iter().filter_map(|s| Identity::parse(s).ok()));
+        ids.extend(
+            svc.subject_alt_names
+                .iter()
+                .filter_map(|s| Identity::parse(s).ok()),
+        );
     }
     ids.sort();
     ids.dedup();
@@ -102,14 +110,27 @@ pub fn baggage_of(w: Option<&Workload>) -> Option<Baggage> {
     Some(Baggage {
         cluster_id: non_empty(&w.cluster_id),
         namespace: non_empty(&w.namespace),
-        workload_type: non_empty(if w.workload_type.is_empty() { "pod" } else { &w.workload_type }),
-        workload_name: non_empty(if w.workload_name.is_empty() { &w.name } else { &w.workload_name }),
+        workload_type: non_empty(if w.workload_type.is_empty() {
+            "pod"
+        } else {
+            &w.workload_type
+        }),
+        workload_name: non_empty(if w.workload_name.is_empty() {
+            &w.name
+        } else {
+            &w.workload_name
+        }),
         service_name: non_empty(&w.canonical_name),
         service_version: non_empty(&w.canonical_revision),
     })
 }
 
-pub async fn handle(inputs: Arc<ProxyInputs>, local: Arc<LocalWorkload>, stream: TcpStream, peer: SocketAddr) {
+pub async fn handle(
+    inputs: Arc<ProxyInputs>,
+    local: Arc<LocalWorkload>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
     let orig_dst = match socket::original_dst(&stream) {
         Ok(a) => a,
         Err(e) => {
@@ -118,7 +139,9 @@ pub async fn handle(inputs: Arc<ProxyInputs>, local: Arc<LocalWorkload>, stream:
         }
     };
     let state = inputs.state.current();
-    let src = state.workload_by_name(&local.info.namespace, &local.info.name).cloned();
+    let src = state
+        .workload_by_name(&local.info.namespace, &local.info.name)
+        .cloned();
     let route = route(&state, orig_dst, |n| {
         let svc = state
             .service_by_vip(orig_dst.ip())
@@ -135,20 +158,37 @@ pub async fn handle(inputs: Arc<ProxyInputs>, local: Arc<LocalWorkload>, stream:
     match route {
         Route::NoHealthyEndpoint { service } => {
             ends.service = Some(&service);
-            telemetry::refused(&inputs.metrics, Reporter::Source, &ends, peer, orig_dst, "UH", "no healthy upstream".into());
+            telemetry::refused(
+                &inputs.metrics,
+                Reporter::Source,
+                &ends,
+                peer,
+                orig_dst,
+                "UH",
+                "no healthy upstream".into(),
+            );
         }
-        Route::Passthrough { target, workload, service } => {
+        Route::Passthrough {
+            target,
+            workload,
+            service,
+        } => {
             ends.dst = workload.as_deref();
             ends.service = service.as_deref();
             let t = ConnTelemetry::open(&inputs.metrics, Reporter::Source, &ends, peer, target);
             let result = async {
-                let upstream = socket::connect(&local.netns, target, None, inputs.socket_opts).await?;
+                let upstream =
+                    socket::connect(&local.netns, target, None, inputs.socket_opts).await?;
                 relay(stream, upstream, &t.metrics).await
             }
             .await;
             t.finish(result.err().map(|e| e.to_string()));
         }
-        Route::Hbone { workload, target, service } => {
+        Route::Hbone {
+            workload,
+            target,
+            service,
+        } => {
             let expected = expected_identities(&workload, service.as_deref());
             let dst_identity = workload.identity();
             ends.dst = Some(&workload);
@@ -156,7 +196,18 @@ pub async fn handle(inputs: Arc<ProxyInputs>, local: Arc<LocalWorkload>, stream:
             ends.service = service.as_deref();
             ends.mtls = true;
             let t = ConnTelemetry::open(&inputs.metrics, Reporter::Source, &ends, peer, target);
-            let result = tunnel(&inputs, &local, src.as_deref(), stream, peer, target, service.as_deref(), expected, &t).await;
+            let result = tunnel(
+                &inputs,
+                &local,
+                src.as_deref(),
+                stream,
+                peer,
+                target,
+                service.as_deref(),
+                expected,
+                &t,
+            )
+            .await;
             t.finish(result.err());
         }
     }
@@ -214,3 +265,7 @@ async fn tunnel(
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+#[path = "outbound_tests.rs"]
+mod tests;

@@ -14,7 +14,11 @@ const BUF_SIZE: usize = 64 * 1024;
 /// Relays until both directions reached EOF or one failed. Returns (bytes downstream→upstream,
 /// bytes upstream→downstream). Bytes from the client count as received, bytes back to it as
 /// sent, as Istio's `istio_tcp_received_bytes_total` / `istio_tcp_sent_bytes_total`.
-pub async fn relay<D, U>(downstream: D, upstream: U, metrics: &ConnectionMetrics) -> io::Result<(u64, u64)>
+pub async fn relay<D, U>(
+    downstream: D,
+    upstream: U,
+    metrics: &ConnectionMetrics,
+) -> io::Result<(u64, u64)>
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,

@@ -54,6 +54,7 @@ pub fn labels(reporter: Reporter, ends: &Ends<'_>, response_flags: &str) -> Conn
         source_canonical_service: or_unknown(src.map(canonical_name)),
         source_canonical_revision: or_unknown(src.map(|w| w.canonical_revision.as_str())),
         source_workload_namespace: or_unknown(src.map(|w| w.namespace.as_str())),
+        source_app: or_unknown(src.map(canonical_name)),
         source_principal: or_unknown(ends.src_identity.map(|i| i.to_string()).as_deref()),
         destination_workload: or_unknown(dst.map(workload_name)),
         destination_canonical_service: or_unknown(dst.map(canonical_name)),
@@ -73,7 +74,12 @@ pub fn labels(reporter: Reporter, ends: &Ends<'_>, response_flags: &str) -> Conn
     }
 }
 
-fn record(reporter: Reporter, ends: &Ends<'_>, src: SocketAddr, dst: SocketAddr) -> AccessLogRecord {
+fn record(
+    reporter: Reporter,
+    ends: &Ends<'_>,
+    src: SocketAddr,
+    dst: SocketAddr,
+) -> AccessLogRecord {
     AccessLogRecord {
         src,
         dst,
