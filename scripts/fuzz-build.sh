@@ -19,6 +19,9 @@ cargo build --locked --manifest-path fuzz/Cargo.toml --target-dir target/fuzz --
 # Replay the committed seeds through each built target (libFuzzer runs files given by name
 # once each, and does not fuzz): cheap, and it keeps the targets' round-trip asserts honest
 # against the seeds. Files, never a directory: libFuzzer would start fuzzing a directory.
+# Targets that need scratch files (ca_key) make them under TMPDIR: keep them in target/.
+export TMPDIR="$PWD/target/fuzz/tmp"
+mkdir -p "$TMPDIR"
 count=0
 for src in fuzz/fuzz_targets/*.rs; do
   target=$(basename "$src" .rs)
