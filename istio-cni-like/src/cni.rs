@@ -19,7 +19,7 @@ mod args;
 mod exec;
 mod netconf;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -52,7 +52,7 @@ pub enum CniRequest {
     /// `VERSION`: report the supported versions; nothing else is read.
     Version,
     /// ADD, DEL or CHECK of a pod sandbox's attachment.
-    Pod(PodRequest),
+    Pod(Box<PodRequest>),
 }
 
 /// ADD, DEL or CHECK, with everything the plugin needs to forward it.
@@ -114,8 +114,7 @@ impl PodRequest {
         self.config
             .options
             .exclude_namespaces
-            .iter()
-            .any(|ns| *ns == self.pod.namespace)
+            .contains(&self.pod.namespace)
     }
 
     /// The event forwarded to the agent.
@@ -272,14 +271,14 @@ pub fn parse_request(
         }
     }
 
-    Ok(CniRequest::Pod(PodRequest {
+    Ok(CniRequest::Pod(Box::new(PodRequest {
         command,
         container_id,
         netns,
         ifname,
         pod,
         config,
-    }))
+    })))
 }
 
 /// The `cniVersion` to put in an error result: the request's if it is one we speak, else the

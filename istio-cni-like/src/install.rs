@@ -163,11 +163,10 @@ pub fn conf_to_conflist(conf_json: &str) -> Result<String, InstallError> {
         }
     }
     list.insert("plugins".to_owned(), Value::Array(vec![conf.clone()]));
-    let mut text = serde_json::to_string_pretty(&Value::Object(list)).map_err(|e| {
-        InstallError::Json {
+    let mut text =
+        serde_json::to_string_pretty(&Value::Object(list)).map_err(|e| InstallError::Json {
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     text.push('\n');
     Ok(text)
 }
@@ -424,9 +423,14 @@ fn parse_conflist(text: &str) -> Result<(Value, std::ops::Range<usize>), Install
     let span = spans::object_members(text)
         .map_err(scan)?
         .into_iter()
-        .filter(|(key, _)| serde_json::from_str::<String>(&text[key.clone()]).ok().as_deref() == Some("plugins"))
+        .rev()
+        .find(|(key, _)| {
+            serde_json::from_str::<String>(&text[key.clone()])
+                .ok()
+                .as_deref()
+                == Some("plugins")
+        })
         .map(|(_, value)| value)
-        .last()
         .ok_or_else(scan_mismatch)?;
     Ok((doc, span))
 }

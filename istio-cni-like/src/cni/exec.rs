@@ -137,7 +137,10 @@ pub fn ask_agent(socket: &Path, event: &PodEvent, timeout: Duration) -> Result<R
     };
     // A socket timeout surfaces as WouldBlock (or TimedOut): report it as the deadline it is.
     let io_error = |stage: &'static str, e: io::Error| {
-        if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
             timed_out(stage)
         } else {
             AgentError::Io {

@@ -46,9 +46,7 @@ pub(super) fn parse(stdin: &[u8], command: Command) -> Result<NetConf, CniError>
     let cni_version = match obj.get("cniVersion") {
         None => return Err(invalid("cniVersion", "missing".to_owned())),
         Some(Value::String(v)) if SUPPORTED_VERSIONS.contains(&v.as_str()) => v.clone(),
-        Some(Value::String(v)) => {
-            return Err(CniError::IncompatibleVersion { version: v.clone() })
-        }
+        Some(Value::String(v)) => return Err(CniError::IncompatibleVersion { version: v.clone() }),
         Some(other) => return Err(invalid("cniVersion", format!("not a string: {other}"))),
     };
     if command == Command::Check && cni_version.starts_with("0.3.") {
@@ -58,8 +56,8 @@ pub(super) fn parse(stdin: &[u8], command: Command) -> Result<NetConf, CniError>
         });
     }
 
-    let raw: RawNetConf = serde_json::from_value(value)
-        .map_err(|e| invalid("(fields)", e.to_string()))?;
+    let raw: RawNetConf =
+        serde_json::from_value(value).map_err(|e| invalid("(fields)", e.to_string()))?;
     let name = raw
         .name
         .filter(|n| !n.is_empty())

@@ -77,7 +77,11 @@ pub fn parse_cli(args: &[String]) -> Result<CliCommand, InstallError> {
             .parse()
             .ok()
             .filter(|t| (1..=crate::cni::MAX_TIMEOUT_MS).contains(t))
-            .ok_or_else(|| usage(&format!("--timeout-ms {t:?} is not a number of ms in 1..=600000")))?,
+            .ok_or_else(|| {
+                usage(&format!(
+                    "--timeout-ms {t:?} is not a number of ms in 1..=600000"
+                ))
+            })?,
     };
     Ok(CliCommand::Install {
         conf_dir,

@@ -15,6 +15,9 @@ pub(crate) struct ScanError {
     what: &'static str,
 }
 
+/// An object member: the raw key's span (quotes included) and the value's span.
+pub(crate) type Member = (Range<usize>, Range<usize>);
+
 struct Scanner<'a> {
     s: &'a [u8],
     pos: usize,
@@ -120,7 +123,7 @@ impl Scanner<'_> {
 }
 
 /// Members of the top-level object of `text`: (raw key span including quotes, value span).
-pub(crate) fn object_members(text: &str) -> Result<Vec<(Range<usize>, Range<usize>)>, ScanError> {
+pub(crate) fn object_members(text: &str) -> Result<Vec<Member>, ScanError> {
     let mut sc = Scanner {
         s: text.as_bytes(),
         pos: 0,
