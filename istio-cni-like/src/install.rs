@@ -7,7 +7,7 @@
 //!   not parse are skipped, as containerd and CRI-O skip them.
 //! - We never create a config of our own: without a primary CNI there is no pod network to chain
 //!   onto, and a config holding only our plugin would give pods no network at all.
-//! - Edits splice text ([`spans`]), so everything but our entry stays byte-identical, and
+//! - Edits splice text (module `spans`), so everything but our entry stays byte-identical, and
 //!   [`unmerge`] of [`merge`] gives back the original bytes.
 //! - Writes are atomic (temporary file in the same directory, then rename): the runtime never
 //!   reads a half-written config. Re-installing an installed config writes nothing, so the agent
