@@ -7,4 +7,6 @@
 //! - `cni-agent` (the node daemon, [`agent`]) decides enrollment, installs the in-pod redirect
 //!   rules, hands each pod's netns to ztunnel over ZDS, and keeps checking capture health.
 
+pub mod cni;
+pub mod install;
 pub mod protocol;
