@@ -28,6 +28,8 @@ mod authz_tests;
 #[cfg(test)]
 mod peer_tests;
 #[cfg(test)]
+mod test_util;
+#[cfg(test)]
 mod tests;
 
 /// What translation needs to know about the mesh it translates for.
