@@ -142,7 +142,11 @@ pub fn load_folder(dir: &Path) -> Result<FolderContents, FolderError> {
 pub fn translate_folder(dir: &Path, cfg: &TranslateConfig) -> Result<Translation, FolderError> {
     let contents = load_folder(dir)?;
     let mut translation = translate(&contents.objects, cfg);
-    let mut problems: Vec<Problem> = contents.problems.iter().map(FileProblem::to_problem).collect();
+    let mut problems: Vec<Problem> = contents
+        .problems
+        .iter()
+        .map(FileProblem::to_problem)
+        .collect();
     problems.append(&mut translation.problems);
     translation.problems = problems;
     Ok(translation)

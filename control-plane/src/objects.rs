@@ -514,23 +514,29 @@ pub fn parse_documents(text: &str) -> Vec<Result<Object, ObjectError>> {
         if value.is_null() {
             continue;
         }
-        parse_value(value, &mut |r| out.push(r.map_err(|(o, k)| fail(o, k))));
+        parse_value(value, &mut |r| {
+            out.push(r.map_err(|b| {
+                let (o, k) = *b;
+                fail(o, k)
+            }))
+        });
     }
     out
 }
 
-type Parsed = Result<Object, (ObjectRef, ObjectErrorKind)>;
+/// Boxed: the error side is much larger than the object handles it travels with.
+type Parsed = Result<Object, Box<(ObjectRef, ObjectErrorKind)>>;
 
 /// One document's value: an object, or a `kind: List` (what `kubectl get -o yaml` prints) whose
 /// items are each parsed on their own.
 fn parse_value(value: Value, emit: &mut dyn FnMut(Parsed)) {
     let Value::Mapping(map) = value else {
-        emit(Err((
+        emit(Err(Box::new((
             ObjectRef::default(),
             ObjectErrorKind::NotAnObject {
                 found: value_kind(&value),
             },
-        )));
+        ))));
         return;
     };
     let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default();
@@ -542,7 +548,7 @@ fn parse_value(value: Value, emit: &mut dyn FnMut(Parsed)) {
                 }
             }
             Some(Value::Null) | None => {}
-            Some(_) => emit(Err((
+            Some(_) => emit(Err(Box::new((
                 ObjectRef {
                     kind: kind.to_string(),
                     ..ObjectRef::default()
@@ -551,7 +557,7 @@ fn parse_value(value: Value, emit: &mut dyn FnMut(Parsed)) {
                     path: "items".to_string(),
                     message: "must be a list".to_string(),
                 },
-            ))),
+            )))),
         }
         return;
     }
@@ -573,17 +579,17 @@ fn parse_object(value: Value) -> Parsed {
         name: meta_text("name"),
     };
     if object.kind.is_empty() {
-        return Err((object, ObjectErrorKind::MissingKind));
+        return Err(Box::new((object, ObjectErrorKind::MissingKind)));
     }
     let api_version = text("apiVersion").unwrap_or_default();
     let Some(&(_, group)) = KINDS.iter().find(|(k, _)| *k == object.kind) else {
-        return Err((
+        return Err(Box::new((
             object.clone(),
             ObjectErrorKind::UnsupportedKind {
                 api_version,
                 kind: object.kind,
             },
-        ));
+        )));
     };
     let actual_group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
     if actual_group != group || api_version.is_empty() {
@@ -592,14 +598,14 @@ fn parse_object(value: Value) -> Parsed {
             "discovery.k8s.io" => "discovery.k8s.io/v1",
             _ => "security.istio.io/v1",
         };
-        return Err((
+        return Err(Box::new((
             object.clone(),
             ObjectErrorKind::WrongApiVersion {
                 api_version,
                 kind: object.kind,
                 expected,
             },
-        ));
+        )));
     }
     let cluster_scoped = matches!(object.kind.as_str(), "Namespace" | "Node");
     let parsed = match object.kind.as_str() {
@@ -612,9 +618,9 @@ fn parse_object(value: Value) -> Parsed {
         "AuthorizationPolicy" => typed(value).map(Object::AuthorizationPolicy),
         _ => typed(value).map(Object::PeerAuthentication),
     };
-    let mut parsed = parsed.map_err(|k| (object.clone(), k))?;
+    let mut parsed = parsed.map_err(|k| Box::new((object.clone(), k)))?;
     if parsed.metadata().name.is_empty() {
-        return Err((object, ObjectErrorKind::MissingName));
+        return Err(Box::new((object, ObjectErrorKind::MissingName)));
     }
     let meta = metadata_mut(&mut parsed);
     if cluster_scoped {
@@ -676,7 +682,11 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
                 docs.push((start_line, &text[start..offset]));
             }
             // `--- |` and friends keep the rest of the line as the document's first content.
-            start = if is_start { offset + 3 } else { offset + line.len() };
+            start = if is_start {
+                offset + 3
+            } else {
+                offset + line.len()
+            };
             start_line = i + 1 + usize::from(is_end);
         }
         offset += line.len();

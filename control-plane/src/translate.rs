@@ -3,13 +3,13 @@
 //! Invariants:
 //! - Pure and total: any list of [`Object`]s translates; nothing panics, nothing fails as a
 //!   whole. What cannot be used is named in a [`Problem`] and left out (or, for policies, kept
-//!   in a fail-safe form — see [`authz`]); the rest of the config is unaffected.
+//!   in a fail-safe form — see `translate/authz.rs`); the rest of the config is unaffected.
 //! - The output always satisfies [`State::new`]'s rules (unique uids, IPs, VIPs and policy
 //!   keys, valid identities), so [`Translation::into_state`] only fails on a bug here.
 //! - Deterministic: the same objects in the same order give the same output. When two objects
 //!   conflict (same name, same IP, same VIP) the first one wins and the later one is reported.
 //! - Semantics are Istio's (istiod's ambient index), with the differences called out where
-//!   they are made: see [`workloads`], [`authz`] and [`peer`].
+//!   they are made: see `translate/workloads.rs`, `authz.rs` and `peer.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -45,7 +45,7 @@ pub struct TranslateConfig {
     pub domain_suffix: String,
     /// The mTLS mode ztunnel uses when no PeerAuthentication sets one (ztunnel's
     /// `AMBIT_DEFAULT_MTLS`). Only consulted where a workload-level PeerAuthentication forces
-    /// the control plane to compute a namespace's modes itself (see [`peer`]).
+    /// the control plane to compute a namespace's modes itself (see `translate/peer.rs`).
     pub default_mtls: MtlsMode,
 }
 
@@ -172,7 +172,12 @@ impl Problems {
             message: message.into(),
         });
     }
-    pub(crate) fn error(&mut self, o: &ObjectRef, field: impl Into<String>, msg: impl Into<String>) {
+    pub(crate) fn error(
+        &mut self,
+        o: &ObjectRef,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) {
         self.push(Severity::Error, o, field, msg);
     }
     pub(crate) fn warn(&mut self, o: &ObjectRef, field: impl Into<String>, msg: impl Into<String>) {
@@ -246,7 +251,10 @@ fn dedupe<'a>(objects: &'a [Object], problems: &mut Problems) -> Vec<&'a Object>
         .iter()
         .filter(|o| {
             let r = o.object_ref();
-            for (field, value) in [("metadata.name", &r.name), ("metadata.namespace", &r.namespace)] {
+            for (field, value) in [
+                ("metadata.name", &r.name),
+                ("metadata.namespace", &r.namespace),
+            ] {
                 if !value.is_empty() && !is_dns_subdomain(value) {
                     problems.error(
                         &r,

@@ -32,8 +32,14 @@ fn reads_top_level_config_files_in_name_order_and_reports_bad_ones() {
     let dir = TempDir::new("read");
     dir.write("b.yml", format!("{}---\n{}", ns("b1"), ns("b2")));
     dir.write("a.YAML", ns("a"));
-    dir.write("c.json", r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "c"}}"#);
-    dir.write("d.yaml", format!("{}---\nkind: [oops\n---\n{}", ns("d1"), ns("d2")));
+    dir.write(
+        "c.json",
+        r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "c"}}"#,
+    );
+    dir.write(
+        "d.yaml",
+        format!("{}---\nkind: [oops\n---\n{}", ns("d1"), ns("d2")),
+    );
     dir.write("e.yaml", b"\xff\xfe not utf-8");
     dir.write("notes.txt", ns("ignored-txt"));
     dir.write(".hidden.yaml", ns("ignored-hidden"));
@@ -50,8 +56,14 @@ fn reads_top_level_config_files_in_name_order_and_reports_bad_ones() {
 
     let problems: Vec<String> = contents.problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(problems.len(), 2, "{problems:?}");
-    assert!(problems[0].contains("d.yaml") && problems[0].contains("document 2"), "{problems:?}");
-    assert!(problems[1].contains("e.yaml") && problems[1].contains("UTF-8"), "{problems:?}");
+    assert!(
+        problems[0].contains("d.yaml") && problems[0].contains("document 2"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].contains("e.yaml") && problems[1].contains("UTF-8"),
+        "{problems:?}"
+    );
 }
 
 #[test]
@@ -77,7 +89,11 @@ fn translate_folder_lists_file_problems_before_translation_problems() {
             (Severity::Error, "AuthorizationPolicy")
         ]
     );
-    assert!(t.problems[0].message.contains("mesh.yaml"), "{}", t.problems[0]);
+    assert!(
+        t.problems[0].message.contains("mesh.yaml"),
+        "{}",
+        t.problems[0]
+    );
 }
 
 #[test]
@@ -87,7 +103,11 @@ fn the_fingerprint_changes_when_a_config_file_does() {
     let before = fingerprint(&dir.0).unwrap();
     assert_eq!(before, fingerprint(&dir.0).unwrap());
     dir.write("notes.txt", "not config");
-    assert_eq!(before, fingerprint(&dir.0).unwrap(), "non-config files do not count");
+    assert_eq!(
+        before,
+        fingerprint(&dir.0).unwrap(),
+        "non-config files do not count"
+    );
     dir.write("a.yaml", ns("a-longer-name"));
     assert_ne!(before, fingerprint(&dir.0).unwrap());
     let edited = fingerprint(&dir.0).unwrap();

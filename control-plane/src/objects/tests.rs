@@ -82,7 +82,10 @@ fn a_broken_document_is_an_error_entry_and_the_rest_still_parse() {
     let results = parse_documents(text);
     assert_eq!(results.len(), 3);
     assert!(results[0].is_ok());
-    assert!(results[2].is_ok(), "document after the broken one must parse");
+    assert!(
+        results[2].is_ok(),
+        "document after the broken one must parse"
+    );
     let e = results[1].as_ref().unwrap_err();
     assert_eq!(e.document, 2);
     assert_eq!(e.line, 4, "the broken document starts at its `---` line");
@@ -92,7 +95,8 @@ fn a_broken_document_is_an_error_entry_and_the_rest_still_parse() {
 
 #[test]
 fn type_errors_name_the_field_path() {
-    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports:\n  - port: eighty\n";
+    let text =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports:\n  - port: eighty\n";
     let [e] = errors(text).try_into().expect("one error");
     let ObjectErrorKind::Field { path, .. } = &e.reason else {
         panic!("{e}");
@@ -103,16 +107,18 @@ fn type_errors_name_the_field_path() {
 
 #[test]
 fn documents_that_are_not_objects_say_why() {
-    let cases: &[(&str, fn(&ObjectErrorKind) -> bool)] = &[
+    type Expect = fn(&ObjectErrorKind) -> bool;
+    let cases: &[(&str, Expect)] = &[
         ("- a\n- b\n", |k| {
             matches!(k, ObjectErrorKind::NotAnObject { found: "a list" })
         }),
         ("apiVersion: v1\nmetadata: {name: x}\n", |k| {
             matches!(k, ObjectErrorKind::MissingKind)
         }),
-        ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n", |k| {
-            matches!(k, ObjectErrorKind::UnsupportedKind { .. })
-        }),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n",
+            |k| matches!(k, ObjectErrorKind::UnsupportedKind { .. }),
+        ),
         (
             "apiVersion: networking.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x}\n",
             |k| matches!(k, ObjectErrorKind::WrongApiVersion { .. }),
@@ -133,7 +139,9 @@ fn documents_that_are_not_objects_say_why() {
 
 #[test]
 fn namespaced_objects_default_to_the_default_namespace() {
-    let objects = ok("apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: p}\n");
+    let objects = ok(
+        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: p}\n",
+    );
     assert_eq!(objects[0].metadata().namespace, "default");
 }
 

@@ -245,11 +245,19 @@ impl RuleCtx<'_> {
             impossible: false,
         };
         e.m.principals = self.patterns(&mut e, &format!("{at}.principals"), &s.principals, true);
-        e.m.not_principals =
-            self.patterns(&mut e, &format!("{at}.notPrincipals"), &s.not_principals, false);
+        e.m.not_principals = self.patterns(
+            &mut e,
+            &format!("{at}.notPrincipals"),
+            &s.not_principals,
+            false,
+        );
         e.m.namespaces = self.patterns(&mut e, &format!("{at}.namespaces"), &s.namespaces, true);
-        e.m.not_namespaces =
-            self.patterns(&mut e, &format!("{at}.notNamespaces"), &s.not_namespaces, false);
+        e.m.not_namespaces = self.patterns(
+            &mut e,
+            &format!("{at}.notNamespaces"),
+            &s.not_namespaces,
+            false,
+        );
         e.m.service_accounts = self.service_accounts(
             &mut e,
             &format!("{at}.serviceAccounts"),
@@ -263,7 +271,12 @@ impl RuleCtx<'_> {
             false,
         );
         e.m.source_ips = self.ips(&mut e, &format!("{at}.ipBlocks"), &s.ip_blocks, true);
-        e.m.not_source_ips = self.ips(&mut e, &format!("{at}.notIpBlocks"), &s.not_ip_blocks, false);
+        e.m.not_source_ips = self.ips(
+            &mut e,
+            &format!("{at}.notIpBlocks"),
+            &s.not_ip_blocks,
+            false,
+        );
         for (name, values) in [
             ("requestPrincipals", &s.request_principals),
             ("notRequestPrincipals", &s.not_request_principals),
@@ -316,23 +329,38 @@ impl RuleCtx<'_> {
         let (pos, neg) = (format!("{at}.values"), format!("{at}.notValues"));
         match w.key.as_str() {
             "source.ip" => {
-                let (p, n) = (self.ips(&mut e, &pos, &w.values, true), self.ips(&mut e, &neg, &w.not_values, false));
+                let (p, n) = (
+                    self.ips(&mut e, &pos, &w.values, true),
+                    self.ips(&mut e, &neg, &w.not_values, false),
+                );
                 (e.m.source_ips, e.m.not_source_ips) = (p, n);
             }
             "destination.ip" => {
-                let (p, n) = (self.ips(&mut e, &pos, &w.values, true), self.ips(&mut e, &neg, &w.not_values, false));
+                let (p, n) = (
+                    self.ips(&mut e, &pos, &w.values, true),
+                    self.ips(&mut e, &neg, &w.not_values, false),
+                );
                 (e.m.destination_ips, e.m.not_destination_ips) = (p, n);
             }
             "destination.port" => {
-                let (p, n) = (self.ports(&mut e, &pos, &w.values, true), self.ports(&mut e, &neg, &w.not_values, false));
+                let (p, n) = (
+                    self.ports(&mut e, &pos, &w.values, true),
+                    self.ports(&mut e, &neg, &w.not_values, false),
+                );
                 (e.m.destination_ports, e.m.not_destination_ports) = (p, n);
             }
             "source.namespace" => {
-                let (p, n) = (self.patterns(&mut e, &pos, &w.values, true), self.patterns(&mut e, &neg, &w.not_values, false));
+                let (p, n) = (
+                    self.patterns(&mut e, &pos, &w.values, true),
+                    self.patterns(&mut e, &neg, &w.not_values, false),
+                );
                 (e.m.namespaces, e.m.not_namespaces) = (p, n);
             }
             "source.principal" => {
-                let (p, n) = (self.patterns(&mut e, &pos, &w.values, true), self.patterns(&mut e, &neg, &w.not_values, false));
+                let (p, n) = (
+                    self.patterns(&mut e, &pos, &w.values, true),
+                    self.patterns(&mut e, &neg, &w.not_values, false),
+                );
                 (e.m.principals, e.m.not_principals) = (p, n);
             }
             other => e.m.l7_fields.push(format!("when:{other}")),
@@ -394,12 +422,19 @@ impl RuleCtx<'_> {
         pos: bool,
     ) -> Vec<StringMatch> {
         let namespace = self.namespace.to_string();
-        self.values(e, at, v, pos, "a service account (`name` or `namespace/name`)", |s| {
-            // Istio: a bare name is in the policy's namespace; matched exactly.
-            let (ns, sa) = s.split_once('/').unwrap_or((&namespace, s));
-            (!ns.is_empty() && !sa.is_empty() && !sa.contains('/'))
-                .then(|| StringMatch::Exact(format!("{ns}/{sa}")))
-        })
+        self.values(
+            e,
+            at,
+            v,
+            pos,
+            "a service account (`name` or `namespace/name`)",
+            |s| {
+                // Istio: a bare name is in the policy's namespace; matched exactly.
+                let (ns, sa) = s.split_once('/').unwrap_or((&namespace, s));
+                (!ns.is_empty() && !sa.is_empty() && !sa.contains('/'))
+                    .then(|| StringMatch::Exact(format!("{ns}/{sa}")))
+            },
+        )
     }
 
     fn ips(&mut self, e: &mut Entry, at: &str, v: &[String], pos: bool) -> Vec<IpNet> {

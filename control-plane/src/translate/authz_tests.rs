@@ -16,7 +16,10 @@ fn policy(ns: &str, name: &str, spec: &str) -> String {
 
 fn only_policy(t: &Translation) -> &Authorization {
     let [p] = t.state_inputs.policies.as_slice() else {
-        panic!("expected one policy: {:?} {:?}", t.state_inputs.policies, t.problems)
+        panic!(
+            "expected one policy: {:?} {:?}",
+            t.state_inputs.policies, t.problems
+        )
     };
     p
 }
@@ -63,11 +66,17 @@ spec:
 #[test]
 fn seed_payment_policy_is_fail_safe_at_l4() {
     let yaml = format!(
-        "{}{}{}{}",
+        "{}{}{}{}{}",
         namespace("payment-prod", true),
-        pod("payment-prod", "payment", "10.0.0.1", "{app.kubernetes.io/name: payment-service}"),
+        pod(
+            "payment-prod",
+            "payment",
+            "10.0.0.1",
+            "{app.kubernetes.io/name: payment-service}"
+        ),
         pod("payment-prod", "other", "10.0.0.2", "{app: other}"),
-        format!("---{SEED_PAYMENT_POLICY}"),
+        "---",
+        SEED_PAYMENT_POLICY,
     );
     let t = run(&yaml);
     let p = only_policy(&t);
@@ -94,15 +103,30 @@ fn seed_payment_policy_is_fail_safe_at_l4() {
         assert!(w.message.contains("ALLOW"), "{w}");
     }
     let ws = &t.state_inputs.workloads;
-    assert_eq!(ws[0].authorization_policies, ["payment-prod/payment-service-access"]);
+    assert_eq!(
+        ws[0].authorization_policies,
+        ["payment-prod/payment-service-access"]
+    );
     assert!(ws[1].authorization_policies.is_empty());
 
     // At L4 the HTTP-only rules never match: even order-service is refused (more restrictive
     // than written, never less); the unselected pod is unaffected.
     let s = state(&t);
     let order = Some(("order-prod", "order-service"));
-    assert!(!allowed(&s, MtlsMode::Strict, ("payment-prod", "payment"), 8080, order));
-    assert!(allowed(&s, MtlsMode::Strict, ("payment-prod", "other"), 8080, order));
+    assert!(!allowed(
+        &s,
+        MtlsMode::Strict,
+        ("payment-prod", "payment"),
+        8080,
+        order
+    ));
+    assert!(allowed(
+        &s,
+        MtlsMode::Strict,
+        ("payment-prod", "other"),
+        8080,
+        order
+    ));
 }
 
 #[test]
@@ -110,10 +134,18 @@ fn scope_follows_namespace_and_selector() {
     let cases = [
         ("istio-system", "", Scope::Global),
         ("shop", "", Scope::Namespace),
-        ("shop", "  selector: {matchLabels: {app: web}}\n", Scope::WorkloadSelector),
+        (
+            "shop",
+            "  selector: {matchLabels: {app: web}}\n",
+            Scope::WorkloadSelector,
+        ),
         // An empty selector selects everything: the same as none.
         ("shop", "  selector: {matchLabels: {}}\n", Scope::Namespace),
-        ("istio-system", "  selector: {matchLabels: {app: web}}\n", Scope::WorkloadSelector),
+        (
+            "istio-system",
+            "  selector: {matchLabels: {app: web}}\n",
+            Scope::WorkloadSelector,
+        ),
     ];
     for (ns, selector, scope) in cases {
         let t = run(&policy(ns, "p", &format!("{selector}  rules: [{{}}]\n")));
@@ -127,7 +159,11 @@ fn a_root_namespace_selector_selects_workloads_of_every_namespace() {
         "{}{}{}{}",
         pod("a", "web-a", "10.0.0.1", "{app: web}"),
         pod("b", "web-b", "10.0.0.2", "{app: web}"),
-        policy("istio-system", "mesh-web", "  selector: {matchLabels: {app: web}}\n"),
+        policy(
+            "istio-system",
+            "mesh-web",
+            "  selector: {matchLabels: {app: web}}\n"
+        ),
         policy("a", "only-a", "  selector: {matchLabels: {app: web}}\n"),
     );
     let t = run(&yaml);
@@ -232,40 +268,95 @@ fn l7_fields_are_carried_with_a_warning_and_deny_keeps_its_l4_part() {
     let t = run(&policy("shop", "l7", spec));
     let p = only_policy(&t);
     let clauses = &p.rules[0].0;
-    assert_eq!(clauses[0].0[0].l7_fields, ["hosts", "notMethods", "notPaths"]);
+    assert_eq!(
+        clauses[0].0[0].l7_fields,
+        ["hosts", "notMethods", "notPaths"]
+    );
     assert_eq!(clauses[0].0[0].destination_ports, [80]);
-    assert_eq!(clauses[1].0[0].l7_fields, ["requestPrincipals", "notRemoteIpBlocks"]);
+    assert_eq!(
+        clauses[1].0[0].l7_fields,
+        ["requestPrincipals", "notRemoteIpBlocks"]
+    );
     assert_eq!(clauses[1].0[0].namespaces, [exact("evil")]);
     assert_eq!(clauses[2].0[0].l7_fields, ["when:request.headers[x-user]"]);
-    let [w] = problems(&t, Severity::Warning, "spec.rules[0]").try_into().unwrap();
+    let [w] = problems(&t, Severity::Warning, "spec.rules[0]")
+        .try_into()
+        .unwrap();
     assert!(w.message.contains("DENY"), "{w}");
     assert!(w.message.contains("when:request.headers[x-user]"), "{w}");
 
     // Enforced without the HTTP parts: namespace `evil` on port 80 is denied whatever its
     // request would have said; others are not.
-    let yaml = format!("{}{}", pod("shop", "web", "10.0.0.1", "{}"), policy("shop", "l7", spec));
+    let yaml = format!(
+        "{}{}",
+        pod("shop", "web", "10.0.0.1", "{}"),
+        policy("shop", "l7", spec)
+    );
     let s = state(&run(&yaml));
-    assert!(!allowed(&s, MtlsMode::Strict, ("shop", "web"), 80, Some(("evil", "x"))));
-    assert!(allowed(&s, MtlsMode::Strict, ("shop", "web"), 81, Some(("evil", "x"))));
-    assert!(allowed(&s, MtlsMode::Strict, ("shop", "web"), 80, Some(("good", "x"))));
+    assert!(!allowed(
+        &s,
+        MtlsMode::Strict,
+        ("shop", "web"),
+        80,
+        Some(("evil", "x"))
+    ));
+    assert!(allowed(
+        &s,
+        MtlsMode::Strict,
+        ("shop", "web"),
+        81,
+        Some(("evil", "x"))
+    ));
+    assert!(allowed(
+        &s,
+        MtlsMode::Strict,
+        ("shop", "web"),
+        80,
+        Some(("good", "x"))
+    ));
 }
 
 #[test]
 fn target_refs_custom_audit_and_unknown_actions_are_left_out() {
     let cases = [
-        ("  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]\n", Severity::Warning, "spec.targetRefs"),
-        ("  targetRef: {kind: Service, name: web}\n", Severity::Warning, "spec.targetRef"),
-        ("  action: CUSTOM\n  provider: {name: ext-authz}\n", Severity::Error, "spec.action"),
+        (
+            "  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]\n",
+            Severity::Warning,
+            "spec.targetRefs",
+        ),
+        (
+            "  targetRef: {kind: Service, name: web}\n",
+            Severity::Warning,
+            "spec.targetRef",
+        ),
+        (
+            "  action: CUSTOM\n  provider: {name: ext-authz}\n",
+            Severity::Error,
+            "spec.action",
+        ),
         ("  action: AUDIT\n", Severity::Error, "spec.action"),
         ("  action: ALOW\n", Severity::Error, "spec.action"),
     ];
     for (spec, severity, field) in cases {
         let t = run(&policy("shop", "p", spec));
         assert!(t.state_inputs.policies.is_empty(), "{spec}");
-        assert_eq!(problems(&t, severity, field).len(), 1, "{spec}: {:?}", t.problems);
+        assert_eq!(
+            problems(&t, severity, field).len(),
+            1,
+            "{spec}: {:?}",
+            t.problems
+        );
     }
-    let t = run(&policy("shop", "wp", "  targetRefs: [{kind: Gateway, name: wp}]\n"));
-    assert!(t.problems[0].message.contains("waypoints"), "{}", t.problems[0]);
+    let t = run(&policy(
+        "shop",
+        "wp",
+        "  targetRefs: [{kind: Gateway, name: wp}]\n",
+    ));
+    assert!(
+        t.problems[0].message.contains("waypoints"),
+        "{}",
+        t.problems[0]
+    );
 }
 
 #[test]
@@ -285,7 +376,13 @@ fn allow_nothing_allow_all_and_dry_run() {
     assert_eq!(ps[1].rules, [Rule(vec![])]);
     assert!(ps[2].dry_run && !ps[0].dry_run);
     let s = state(&t);
-    assert!(!allowed(&s, MtlsMode::Strict, ("a", "web"), 80, Some(("a", "x"))));
+    assert!(!allowed(
+        &s,
+        MtlsMode::Strict,
+        ("a", "web"),
+        80,
+        Some(("a", "x"))
+    ));
 }
 
 #[test]
@@ -300,13 +397,28 @@ fn invalid_values_fail_closed() {
     let p = only_policy(&t);
     assert_eq!(p.rules.len(), 1, "{:?}", p.rules);
     assert_eq!(p.rules[0].0[0].0[0].source_ips, [net("10.0.0.0/8")]);
-    assert_eq!(problems(&t, Severity::Error, "spec.rules[0]").len(), 1, "{:?}", t.problems);
     assert_eq!(
-        problems(&t, Severity::Error, "spec.rules[0].from[0].source.ipBlocks[0]").len(),
+        problems(&t, Severity::Error, "spec.rules[0]").len(),
+        1,
+        "{:?}",
+        t.problems
+    );
+    assert_eq!(
+        problems(
+            &t,
+            Severity::Error,
+            "spec.rules[0].from[0].source.ipBlocks[0]"
+        )
+        .len(),
         1
     );
     assert_eq!(
-        problems(&t, Severity::Error, "spec.rules[1].from[0].source.ipBlocks[1]").len(),
+        problems(
+            &t,
+            Severity::Error,
+            "spec.rules[1].from[0].source.ipBlocks[1]"
+        )
+        .len(),
         1
     );
 
@@ -320,11 +432,21 @@ fn invalid_values_fail_closed() {
 
     // DENY: a field left empty stops constraining, which denies more.
     let deny = "  action: DENY\n  rules:\n  - to: [{operation: {ports: [\"http\"]}}]\n";
-    let yaml = format!("{}{}", pod("shop", "web", "10.0.0.1", "{}"), policy("shop", "d", deny));
+    let yaml = format!(
+        "{}{}",
+        pod("shop", "web", "10.0.0.1", "{}"),
+        policy("shop", "d", deny)
+    );
     let t = run(&yaml);
     assert_eq!(only_policy(&t).rules[0].0[0].0[0], Match::default());
     let s = state(&t);
-    assert!(!allowed(&s, MtlsMode::Strict, ("shop", "web"), 1234, Some(("a", "x"))));
+    assert!(!allowed(
+        &s,
+        MtlsMode::Strict,
+        ("shop", "web"),
+        1234,
+        Some(("a", "x"))
+    ));
 }
 
 #[test]
@@ -333,20 +455,39 @@ fn unknown_fields_never_widen_an_allow() {
     let spec = r#"  rules:
   - from: [{source: {principals: ["cluster.local/ns/a/sa/x"], namespace: [a]}}]
 "#;
-    let yaml = format!("{}{}", pod("shop", "web", "10.0.0.1", "{}"), policy("shop", "p", spec));
+    let yaml = format!(
+        "{}{}",
+        pod("shop", "web", "10.0.0.1", "{}"),
+        policy("shop", "p", spec)
+    );
     let t = run(&yaml);
     assert_eq!(
-        problems(&t, Severity::Error, "spec.rules[0].from[0].source.namespace").len(),
+        problems(
+            &t,
+            Severity::Error,
+            "spec.rules[0].from[0].source.namespace"
+        )
+        .len(),
         1,
         "{:?}",
         t.problems
     );
     assert_eq!(only_policy(&t).rules[0].0[0].0[0].l7_fields, ["namespace"]);
     let s = state(&t);
-    assert!(!allowed(&s, MtlsMode::Strict, ("shop", "web"), 80, Some(("a", "x"))));
+    assert!(!allowed(
+        &s,
+        MtlsMode::Strict,
+        ("shop", "web"),
+        80,
+        Some(("a", "x"))
+    ));
 
     // A misspelt rule key (`form`) adds an unmatchable clause to an ALLOW rule, too.
-    let t = run(&policy("shop", "p", "  rules:\n  - form: [{source: {namespaces: [a]}}]\n"));
+    let t = run(&policy(
+        "shop",
+        "p",
+        "  rules:\n  - form: [{source: {namespaces: [a]}}]\n",
+    ));
     assert_eq!(only_policy(&t).rules[0].0[0].0[0].l7_fields, ["form"]);
 }
 
@@ -368,7 +509,19 @@ fn selector_policies_allow_only_what_they_say() {
     let web = Some(("shop", "web-sa"));
     assert!(allowed(&s, MtlsMode::Strict, ("shop", "db"), 5432, web));
     assert!(!allowed(&s, MtlsMode::Strict, ("shop", "db"), 22, web));
-    assert!(!allowed(&s, MtlsMode::Strict, ("shop", "db"), 5432, Some(("shop", "other"))));
+    assert!(!allowed(
+        &s,
+        MtlsMode::Strict,
+        ("shop", "db"),
+        5432,
+        Some(("shop", "other"))
+    ));
     // Not selected: no ALLOW policy applies, so anything authenticated is allowed.
-    assert!(allowed(&s, MtlsMode::Strict, ("shop", "web"), 22, Some(("shop", "other"))));
+    assert!(allowed(
+        &s,
+        MtlsMode::Strict,
+        ("shop", "web"),
+        22,
+        Some(("shop", "other"))
+    ));
 }

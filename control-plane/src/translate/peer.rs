@@ -76,7 +76,10 @@ pub(super) fn translate(
     cfg: &TranslateConfig,
     problems: &mut Problems,
 ) -> PeerOut {
-    let mut parsed: Vec<Parsed> = input.iter().filter_map(|p| parse(p, cfg, problems)).collect();
+    let mut parsed: Vec<Parsed> = input
+        .iter()
+        .filter_map(|p| parse(p, cfg, problems))
+        .collect();
     parsed.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
 
     // The winning namespace-wide policy per namespace (the root's is the mesh-wide one).
@@ -205,7 +208,9 @@ fn parse<'a>(
             problems.error(
                 &me,
                 "spec.mtls.mode",
-                format!("{bad:?} is not a mode (STRICT, PERMISSIVE, DISABLE, UNSET); policy ignored"),
+                format!(
+                    "{bad:?} is not a mode (STRICT, PERMISSIVE, DISABLE, UNSET); policy ignored"
+                ),
             );
             return None;
         }
@@ -214,7 +219,11 @@ fn parse<'a>(
     for (port, mtls) in &p.spec.port_level_mtls {
         let at = format!("spec.portLevelMtls.{port}");
         let Some(number) = port.parse::<u16>().ok().filter(|n| *n != 0) else {
-            problems.error(&me, at, format!("{port:?} is not a port number (1-65535); policy ignored"));
+            problems.error(
+                &me,
+                at,
+                format!("{port:?} is not a port number (1-65535); policy ignored"),
+            );
             return None;
         };
         match parse_mode(Some(mtls)) {

@@ -15,11 +15,15 @@ fn pa(ns: &str, name: &str, selector: &str, mode: &str, ports: &str, created: &s
         "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: {name}\n  namespace: {ns}\n"
     );
     if !created.is_empty() {
-        s.push_str(&format!("  creationTimestamp: \"{created}-01-01T00:00:00Z\"\n"));
+        s.push_str(&format!(
+            "  creationTimestamp: \"{created}-01-01T00:00:00Z\"\n"
+        ));
     }
     s.push_str("spec:\n");
     if !selector.is_empty() {
-        s.push_str(&format!("  selector: {{matchLabels: {{app: {selector}}}}}\n"));
+        s.push_str(&format!(
+            "  selector: {{matchLabels: {{app: {selector}}}}}\n"
+        ));
     }
     if !mode.is_empty() {
         s.push_str(&format!("  mtls: {{mode: {mode}}}\n"));
@@ -145,7 +149,11 @@ fn workload_overrides_and_port_level_modes() {
                 pa("shop", "web", "web", "PERMISSIVE", "", ""),
             ],
             default: Permissive,
-            expect: &[("shop", "web", 80, true), ("shop", "db", 80, false), ("legacy-service", "old", 80, true)],
+            expect: &[
+                ("shop", "web", 80, true),
+                ("shop", "db", 80, false),
+                ("legacy-service", "old", 80, true),
+            ],
         },
         Case {
             name: "mesh STRICT, workload DISABLE loosens like PERMISSIVE",
@@ -154,7 +162,11 @@ fn workload_overrides_and_port_level_modes() {
                 pa("shop", "web", "web", "DISABLE", "", ""),
             ],
             default: Permissive,
-            expect: &[("shop", "web", 80, true), ("shop", "db", 80, false), ("legacy-service", "old", 80, false)],
+            expect: &[
+                ("shop", "web", 80, true),
+                ("shop", "db", 80, false),
+                ("legacy-service", "old", 80, false),
+            ],
         },
         Case {
             name: "namespace PERMISSIVE, workload STRICT tightens",
@@ -163,44 +175,86 @@ fn workload_overrides_and_port_level_modes() {
                 pa("shop", "db", "db", "STRICT", "", ""),
             ],
             default: Strict,
-            expect: &[("shop", "web", 80, true), ("shop", "db", 80, false), ("legacy-service", "old", 80, false)],
+            expect: &[
+                ("shop", "web", 80, true),
+                ("shop", "db", 80, false),
+                ("legacy-service", "old", 80, false),
+            ],
         },
         Case {
             name: "workload STRICT with a PERMISSIVE port",
             pas: vec![
                 pa("istio-system", "mesh", "", "PERMISSIVE", "", ""),
-                pa("shop", "web", "web", "STRICT", "{8080: {mode: PERMISSIVE}}", ""),
+                pa(
+                    "shop",
+                    "web",
+                    "web",
+                    "STRICT",
+                    "{8080: {mode: PERMISSIVE}}",
+                    "",
+                ),
             ],
             default: Strict,
-            expect: &[("shop", "web", 8080, true), ("shop", "web", 9090, false), ("shop", "db", 9090, true)],
+            expect: &[
+                ("shop", "web", 8080, true),
+                ("shop", "web", 9090, false),
+                ("shop", "db", 9090, true),
+            ],
         },
         Case {
             name: "workload PERMISSIVE with a STRICT port under a STRICT mesh",
             pas: vec![
                 pa("istio-system", "mesh", "", "STRICT", "", ""),
-                pa("shop", "web", "web", "PERMISSIVE", "{8080: {mode: STRICT}}", ""),
+                pa(
+                    "shop",
+                    "web",
+                    "web",
+                    "PERMISSIVE",
+                    "{8080: {mode: STRICT}}",
+                    "",
+                ),
             ],
             default: Permissive,
-            expect: &[("shop", "web", 8080, false), ("shop", "web", 9090, true), ("shop", "db", 9090, false)],
+            expect: &[
+                ("shop", "web", 8080, false),
+                ("shop", "web", 9090, true),
+                ("shop", "db", 9090, false),
+            ],
         },
         Case {
             name: "workload UNSET inherits the mesh's STRICT except its PERMISSIVE port",
             pas: vec![
                 pa("istio-system", "mesh", "", "STRICT", "", ""),
-                pa("shop", "web", "web", "UNSET", "{8080: {mode: PERMISSIVE}, 8081: {mode: UNSET}}", ""),
+                pa(
+                    "shop",
+                    "web",
+                    "web",
+                    "UNSET",
+                    "{8080: {mode: PERMISSIVE}, 8081: {mode: UNSET}}",
+                    "",
+                ),
             ],
             default: Permissive,
-            expect: &[("shop", "web", 8080, true), ("shop", "web", 8081, false), ("shop", "db", 8080, false)],
+            expect: &[
+                ("shop", "web", 8080, true),
+                ("shop", "web", 8081, false),
+                ("shop", "db", 8080, false),
+            ],
         },
         Case {
-            name: "workload without mode inherits the namespace's PERMISSIVE except its STRICT port",
+            name:
+                "workload without mode inherits the namespace's PERMISSIVE except its STRICT port",
             pas: vec![
                 pa("istio-system", "mesh", "", "STRICT", "", ""),
                 pa("shop", "ns", "", "PERMISSIVE", "", ""),
                 pa("shop", "web", "web", "", "{8080: {mode: STRICT}}", ""),
             ],
             default: Permissive,
-            expect: &[("shop", "web", 8080, false), ("shop", "web", 9090, true), ("shop", "db", 8080, true)],
+            expect: &[
+                ("shop", "web", 8080, false),
+                ("shop", "web", 9090, true),
+                ("shop", "db", 8080, true),
+            ],
         },
         Case {
             name: "namespace UNSET falls through to the mesh mode",
@@ -221,11 +275,22 @@ fn workload_overrides_and_port_level_modes() {
             name: "nothing set anywhere, STRICT default",
             pas: vec![pa("shop", "web", "web", "PERMISSIVE", "", "")],
             default: Strict,
-            expect: &[("shop", "web", 80, true), ("shop", "db", 80, false), ("legacy-service", "old", 80, false)],
+            expect: &[
+                ("shop", "web", 80, true),
+                ("shop", "db", 80, false),
+                ("legacy-service", "old", 80, false),
+            ],
         },
         Case {
             name: "a namespace policy's port-level mode (ambit extension)",
-            pas: vec![pa("shop", "ns", "", "STRICT", "{8080: {mode: PERMISSIVE}}", "")],
+            pas: vec![pa(
+                "shop",
+                "ns",
+                "",
+                "STRICT",
+                "{8080: {mode: PERMISSIVE}}",
+                "",
+            )],
             default: Permissive,
             expect: &[("shop", "web", 8080, true), ("shop", "web", 9090, false)],
         },
@@ -236,7 +301,11 @@ fn workload_overrides_and_port_level_modes() {
                 pa("shop", "web", "web", "PERMISSIVE", "", ""),
             ],
             default: Permissive,
-            expect: &[("shop", "web", 8080, true), ("shop", "db", 8080, false), ("shop", "db", 80, true)],
+            expect: &[
+                ("shop", "web", 8080, true),
+                ("shop", "db", 8080, false),
+                ("shop", "db", 80, true),
+            ],
         },
     ];
     for case in &cases {
@@ -250,7 +319,14 @@ fn converted_namespaces_use_reserved_names() {
         name: "converted",
         pas: vec![
             pa("shop", "ns", "", "STRICT", "", ""),
-            pa("shop", "web", "web", "STRICT", "{8080: {mode: PERMISSIVE}}", ""),
+            pa(
+                "shop",
+                "web",
+                "web",
+                "STRICT",
+                "{8080: {mode: PERMISSIVE}}",
+                "",
+            ),
         ],
         default: MtlsMode::Permissive,
         expect: &[("shop", "web", 8080, true), ("shop", "db", 8080, false)],
@@ -272,7 +348,10 @@ fn converted_namespaces_use_reserved_names() {
             .clone()
     };
     assert_eq!(by_name("web"), [format!("shop/{CONVERTED_PREFIX}web")]);
-    assert_eq!(by_name("db"), [format!("shop/{CONVERTED_NAMESPACE_POLICY}")]);
+    assert_eq!(
+        by_name("db"),
+        [format!("shop/{CONVERTED_NAMESPACE_POLICY}")]
+    );
     assert!(by_name("old").is_empty());
 }
 
@@ -304,24 +383,61 @@ fn the_oldest_policy_wins_and_the_others_are_reported() {
 #[test]
 fn invalid_and_ineffective_policies_are_reported() {
     let cases = [
-        (pa("shop", "p", "", "STRIKT", "", ""), Severity::Error, "spec.mtls.mode"),
-        (pa("shop", "p", "web", "STRICT", "{http: {mode: STRICT}}", ""), Severity::Error, "spec.portLevelMtls.http"),
-        (pa("shop", "p", "web", "STRICT", "{0: {mode: STRICT}}", ""), Severity::Error, "spec.portLevelMtls.0"),
-        (pa("shop", "p", "web", "", "{80: {mode: strict}}", ""), Severity::Error, "spec.portLevelMtls.80.mode"),
-        (pa("istio-system", "p", "web", "STRICT", "", ""), Severity::Warning, "spec.selector"),
+        (
+            pa("shop", "p", "", "STRIKT", "", ""),
+            Severity::Error,
+            "spec.mtls.mode",
+        ),
+        (
+            pa("shop", "p", "web", "STRICT", "{http: {mode: STRICT}}", ""),
+            Severity::Error,
+            "spec.portLevelMtls.http",
+        ),
+        (
+            pa("shop", "p", "web", "STRICT", "{0: {mode: STRICT}}", ""),
+            Severity::Error,
+            "spec.portLevelMtls.0",
+        ),
+        (
+            pa("shop", "p", "web", "", "{80: {mode: strict}}", ""),
+            Severity::Error,
+            "spec.portLevelMtls.80.mode",
+        ),
+        (
+            pa("istio-system", "p", "web", "STRICT", "", ""),
+            Severity::Warning,
+            "spec.selector",
+        ),
     ];
     for (yaml, severity, field) in cases {
-        let t = run_with(&format!("{}{yaml}", mesh_pods()), &cfg(MtlsMode::Permissive));
-        assert_eq!(problems(&t, severity, field).len(), 1, "{yaml}: {:?}", t.problems);
+        let t = run_with(
+            &format!("{}{yaml}", mesh_pods()),
+            &cfg(MtlsMode::Permissive),
+        );
+        assert_eq!(
+            problems(&t, severity, field).len(),
+            1,
+            "{yaml}: {:?}",
+            t.problems
+        );
         assert!(t.state_inputs.peer_authentications.is_empty(), "{yaml}");
         assert!(t.state_inputs.policies.is_empty(), "{yaml}");
         let s = state(&t);
-        assert!(allowed(&s, MtlsMode::Permissive, ("shop", "web"), 80, None), "{yaml}");
+        assert!(
+            allowed(&s, MtlsMode::Permissive, ("shop", "web"), 80, None),
+            "{yaml}"
+        );
     }
     let t = run_with(
         &pa("shop", "ns", "", "STRICT", "{80: {mode: PERMISSIVE}}", ""),
         &cfg(MtlsMode::Strict),
     );
-    assert_eq!(problems(&t, Severity::Warning, "spec.portLevelMtls").len(), 1);
-    assert_eq!(t.state_inputs.peer_authentications[0].port_level_mtls.len(), 1);
+    assert_eq!(
+        problems(&t, Severity::Warning, "spec.portLevelMtls").len(),
+        1
+    );
+    assert_eq!(
+        t.state_inputs.peer_authentications[0].port_level_mtls.len(),
+        1
+    );
 }

@@ -29,7 +29,11 @@ pub(crate) fn state(t: &Translation) -> State {
 }
 
 /// Problems of `severity` whose field is `field`.
-pub(crate) fn problems<'a>(t: &'a Translation, severity: Severity, field: &str) -> Vec<&'a Problem> {
+pub(crate) fn problems<'a>(
+    t: &'a Translation,
+    severity: Severity,
+    field: &str,
+) -> Vec<&'a Problem> {
     t.problems
         .iter()
         .filter(|p| p.severity == severity && p.field == field)

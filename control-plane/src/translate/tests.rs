@@ -49,10 +49,19 @@ status:
     );
     assert_eq!(
         w.workload_ips,
-        ["10.0.0.5".parse::<IpAddr>().unwrap(), "fd00::5".parse().unwrap()]
+        [
+            "10.0.0.5".parse::<IpAddr>().unwrap(),
+            "fd00::5".parse().unwrap()
+        ]
     );
-    assert_eq!((w.workload_name.as_str(), w.workload_type.as_str()), ("web", "deployment"));
-    assert_eq!((w.canonical_name.as_str(), w.canonical_revision.as_str()), ("web", "v2"));
+    assert_eq!(
+        (w.workload_name.as_str(), w.workload_type.as_str()),
+        ("web", "deployment")
+    );
+    assert_eq!(
+        (w.canonical_name.as_str(), w.canonical_revision.as_str()),
+        ("web", "v2")
+    );
     state(&t);
 }
 
@@ -65,8 +74,18 @@ fn enrollment_follows_the_dataplane_mode_labels() {
         (true, "{}", "{}", Protocol::Hbone),
         (true, "{istio.io/dataplane-mode: none}", "{}", Protocol::Tcp),
         (false, "{}", "{}", Protocol::Tcp),
-        (false, "{istio.io/dataplane-mode: ambient}", "{}", Protocol::Hbone),
-        (false, "{}", "{ambient.istio.io/redirection: enabled}", Protocol::Hbone),
+        (
+            false,
+            "{istio.io/dataplane-mode: ambient}",
+            "{}",
+            Protocol::Hbone,
+        ),
+        (
+            false,
+            "{}",
+            "{ambient.istio.io/redirection: enabled}",
+            Protocol::Hbone,
+        ),
         // A sidecar-injected pod is never captured by ambient.
         (true, "{}", "{sidecar.istio.io/status: '{}'}", Protocol::Tcp),
     ];
@@ -110,7 +129,12 @@ status: {phase: Running, podIP: 10.0.0.3, conditions: [{type: Ready, status: "Fa
 "#;
     let t = run(yaml);
     assert!(t.problems.is_empty(), "{:?}", t.problems);
-    let names: Vec<_> = t.state_inputs.workloads.iter().map(|w| w.name.as_str()).collect();
+    let names: Vec<_> = t
+        .state_inputs
+        .workloads
+        .iter()
+        .map(|w| w.name.as_str())
+        .collect();
     assert_eq!(names, ["starting"]);
     assert_eq!(t.state_inputs.workloads[0].status, HealthStatus::Unhealthy);
     assert_eq!(t.state_inputs.workloads[0].service_account, "default");
@@ -152,7 +176,10 @@ spec:
     assert_eq!(svc.hostname, "web.shop.svc.cluster.local");
     assert_eq!(svc.vips.len(), 2);
     // Named target: 0, "the endpoint says"; UDP is not proxied.
-    assert_eq!(svc.ports, BTreeMap::from([(80, 0), (81, 8081), (9090, 9090)]));
+    assert_eq!(
+        svc.ports,
+        BTreeMap::from([(80, 0), (81, 8081), (9090, 9090)])
+    );
 
     let key = "shop/web.shop.svc.cluster.local";
     let by_name = |n: &str| {
@@ -168,7 +195,10 @@ spec:
         by_name("with-port"),
         BTreeMap::from([(80, 8080), (81, 8081), (9090, 9090)])
     );
-    assert_eq!(by_name("without-port"), BTreeMap::from([(81, 8081), (9090, 9090)]));
+    assert_eq!(
+        by_name("without-port"),
+        BTreeMap::from([(81, 8081), (9090, 9090)])
+    );
 
     let s = state(&t);
     let svc = s.service_by_key(key).unwrap();
@@ -232,7 +262,10 @@ endpoints:
     assert_eq!(ws[0].name, "known");
     assert_eq!(ws[0].services[key], BTreeMap::from([(5432, 15432)]));
     // ... any other becomes a plain-TCP workload of its own.
-    assert_eq!(ws[1].uid, "Kubernetes/discovery.k8s.io/EndpointSlice/ext/db-abc/192.168.1.7");
+    assert_eq!(
+        ws[1].uid,
+        "Kubernetes/discovery.k8s.io/EndpointSlice/ext/db-abc/192.168.1.7"
+    );
     assert_eq!(ws[1].protocol, Protocol::Tcp);
     assert_eq!(ws[1].status, HealthStatus::Unhealthy);
     assert_eq!(
@@ -269,14 +302,38 @@ spec: {clusterIP: 10.96.0.300}
 "#
     );
     let t = run(&yaml);
-    let names: Vec<_> = t.state_inputs.workloads.iter().map(|w| w.name.as_str()).collect();
+    let names: Vec<_> = t
+        .state_inputs
+        .workloads
+        .iter()
+        .map(|w| w.name.as_str())
+        .collect();
     assert_eq!(names, ["first"]);
-    assert_eq!(t.state_inputs.workloads[0].workload_ips[0].to_string(), "10.0.0.1");
-    assert_eq!(problems(&t, Severity::Error, "metadata.name").len(), 1, "duplicate pod");
-    assert_eq!(problems(&t, Severity::Error, "status.podIP").len(), 1, "duplicate IP");
-    assert_eq!(problems(&t, Severity::Error, "spec.clusterIP").len(), 2, "{:?}", t.problems);
+    assert_eq!(
+        t.state_inputs.workloads[0].workload_ips[0].to_string(),
+        "10.0.0.1"
+    );
+    assert_eq!(
+        problems(&t, Severity::Error, "metadata.name").len(),
+        1,
+        "duplicate pod"
+    );
+    assert_eq!(
+        problems(&t, Severity::Error, "status.podIP").len(),
+        1,
+        "duplicate IP"
+    );
+    assert_eq!(
+        problems(&t, Severity::Error, "spec.clusterIP").len(),
+        2,
+        "{:?}",
+        t.problems
+    );
     assert_eq!(problems(&t, Severity::Error, "spec.ports[1].port").len(), 1);
-    assert_eq!(problems(&t, Severity::Error, "spec.ports[2].targetPort").len(), 1);
+    assert_eq!(
+        problems(&t, Severity::Error, "spec.ports[2].targetPort").len(),
+        1
+    );
     let s2 = &t.state_inputs.services[1];
     assert!(s2.vips.is_empty());
     assert_eq!(s2.ports, BTreeMap::from([(80, 80)]));
@@ -313,7 +370,12 @@ fn a_malformed_document_is_reported_and_the_rest_still_translates() {
         }
     }
     let t = translate(&objects, &TranslateConfig::default());
-    let names: Vec<_> = t.state_inputs.workloads.iter().map(|w| w.name.as_str()).collect();
+    let names: Vec<_> = t
+        .state_inputs
+        .workloads
+        .iter()
+        .map(|w| w.name.as_str())
+        .collect();
     assert_eq!(names, ["good", "also-good"]);
     let [p] = reported.as_slice() else {
         panic!("{reported:?}")

@@ -128,7 +128,11 @@ fn service<'a>(
             field.to_string()
         };
         let Ok(ip) = text.parse::<IpAddr>() else {
-            problems.error(&me, at, format!("{text:?} is not an IP address; VIP ignored"));
+            problems.error(
+                &me,
+                at,
+                format!("{text:?} is not an IP address; VIP ignored"),
+            );
             continue;
         };
         if let Some(first) = vips.get(&ip) {
@@ -150,7 +154,11 @@ fn service<'a>(
             continue;
         }
         if p.port == 0 {
-            problems.error(&me, format!("{at}.port"), "port 0 is not valid; port ignored");
+            problems.error(
+                &me,
+                format!("{at}.port"),
+                "port 0 is not valid; port ignored",
+            );
             continue;
         }
         let target = match &p.target_port {
@@ -229,7 +237,8 @@ fn pod(
         .iter()
         .enumerate()
         .map(|(i, x)| (format!("status.podIPs[{i}].ip"), &x.ip));
-    let single = (!p.status.pod_ip.is_empty()).then(|| ("status.podIP".to_string(), &p.status.pod_ip));
+    let single =
+        (!p.status.pod_ip.is_empty()).then(|| ("status.podIP".to_string(), &p.status.pod_ip));
     for (at, text) in single.into_iter().chain(listed) {
         match text.parse::<IpAddr>() {
             Ok(ip) if !ips.contains(&ip) => ips.push(ip),
@@ -272,7 +281,11 @@ fn pod(
     let (workload_name, workload_type) = workload_name_and_type(p);
     let canonical_name = first_label(
         &meta.labels,
-        &["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"],
+        &[
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ],
     )
     .unwrap_or(&workload_name)
     .to_string();
@@ -339,8 +352,13 @@ fn enrolled(p: &objects::Pod, ns_labels: Option<&Labels>) -> bool {
         Some("none") => false,
         Some("ambient") => true,
         _ => {
-            meta.annotations.get(REDIRECTION_ANNOTATION).map(String::as_str) == Some("enabled")
-                || ns_labels.and_then(|l| l.get(DATAPLANE_MODE)).map(String::as_str)
+            meta.annotations
+                .get(REDIRECTION_ANNOTATION)
+                .map(String::as_str)
+                == Some("enabled")
+                || ns_labels
+                    .and_then(|l| l.get(DATAPLANE_MODE))
+                    .map(String::as_str)
                     == Some("ambient")
         }
     }
@@ -353,13 +371,14 @@ fn pod_ports(p: &objects::Pod, s: &ServiceInfo) -> BTreeMap<u16, u16> {
         .filter_map(|(port, (_, target))| {
             let target = match target {
                 Target::Number(n) => *n,
-                Target::Name(name) => p
-                    .spec
-                    .containers
-                    .iter()
-                    .flat_map(|c| &c.ports)
-                    .find(|cp| &cp.name == name && cp.container_port != 0)?
-                    .container_port,
+                Target::Name(name) => {
+                    p.spec
+                        .containers
+                        .iter()
+                        .flat_map(|c| &c.ports)
+                        .find(|cp| &cp.name == name && cp.container_port != 0)?
+                        .container_port
+                }
             };
             Some((*port, target))
         })
