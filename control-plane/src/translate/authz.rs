@@ -130,6 +130,7 @@ fn policy(
         namespace: &meta.namespace,
         me: &me,
         problems,
+        unknown: Vec::new(),
     };
     let rules = spec
         .rules
@@ -153,6 +154,9 @@ struct RuleCtx<'a> {
     namespace: &'a str,
     me: &'a ObjectRef,
     problems: &'a mut Problems,
+    /// Unknown field names met in the current rule: reported as errors on their own, so kept
+    /// out of the rule's "HTTP attributes" warning.
+    unknown: Vec<String>,
 }
 
 /// One translated `from`/`to`/`when` entry: its match, and whether it can never hold (an ALLOW
@@ -166,6 +170,7 @@ impl RuleCtx<'_> {
     /// `None`: the rule can never match and is left out (see the module header).
     fn rule(&mut self, i: usize, rule: &objects::Rule) -> Option<Rule> {
         let at = format!("spec.rules[{i}]");
+        self.unknown.clear();
         let mut l7 = Vec::new();
         let mut clauses = Vec::new();
         let mut never = false;
@@ -204,9 +209,10 @@ impl RuleCtx<'_> {
             }]));
         }
 
+        l7.sort();
+        l7.dedup();
+        l7.retain(|f| !self.unknown.contains(f));
         if !l7.is_empty() {
-            l7.sort();
-            l7.dedup();
             let consequence = match self.action {
                 Action::Allow => {
                     "Within an ALLOW policy, rules matching HTTP attributes never match. \
@@ -373,6 +379,9 @@ impl RuleCtx<'_> {
     }
 
     fn unknown(&mut self, at: &str) {
+        if let Some((_, key)) = at.rsplit_once('.') {
+            self.unknown.push(key.to_string());
+        }
         self.problems.error(
             self.me,
             at,

@@ -473,6 +473,11 @@ fn unknown_fields_never_widen_an_allow() {
         t.problems
     );
     assert_eq!(only_policy(&t).rules[0].0[0].0[0].l7_fields, ["namespace"]);
+    assert!(
+        problems(&t, Severity::Warning, "spec.rules[0]").is_empty(),
+        "a misspelling is an error, not an HTTP attribute: {:?}",
+        t.problems
+    );
     let s = state(&t);
     assert!(!allowed(
         &s,
