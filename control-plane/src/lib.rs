@@ -1,0 +1,14 @@
+//! ambit's control plane.
+//!
+//! This crate's pure core turns the YAML users already write (Kubernetes core objects and
+//! Istio's `security.istio.io` policies) into ambit's data-plane model ([`mesh::model`],
+//! [`mesh::authz`]): [`objects`] reads documents, [`mod@translate`] converts them, [`folder`] reads
+//! a directory of them. None of it does network I/O or needs an async runtime; the xDS server,
+//! CA service and Kubernetes watches are layered on top.
+
+pub mod folder;
+pub mod objects;
+pub mod translate;
+
+pub use objects::{parse_documents, Object, ObjectError, ObjectRef};
+pub use translate::{translate, Problem, Severity, StateInputs, TranslateConfig, Translation};
