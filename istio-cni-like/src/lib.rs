@@ -7,4 +7,5 @@
 //! - `cni-agent` (the node daemon, [`agent`]) decides enrollment, installs the in-pod redirect
 //!   rules, hands each pod's netns to ztunnel over ZDS, and keeps checking capture health.
 
+pub mod agent;
 pub mod protocol;
