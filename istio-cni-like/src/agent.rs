@@ -2,3 +2,4 @@
 //! hands their network namespaces to ztunnel over ZDS and keeps checking that capture holds.
 
 pub mod enrollment;
+pub mod source;
