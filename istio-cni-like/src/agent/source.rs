@@ -139,6 +139,9 @@ pub fn is_manifest(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.'))
 }
 
+/// One manifest file as read: its path and its text, or why it could not be read.
+pub type FileContent = (PathBuf, Result<String, String>);
+
 /// Per-file memory of the folder source: last text seen and last objects that parsed.
 #[derive(Default)]
 struct FileState {
@@ -157,7 +160,7 @@ impl FolderScanner {
     /// view. Returns the view and the errors found in files that changed since the last scan.
     pub fn scan(
         &mut self,
-        contents: Vec<(PathBuf, Result<String, String>)>,
+        contents: Vec<FileContent>,
         node: Option<&str>,
     ) -> (ClusterView, Vec<FileError>) {
         let mut errors = Vec::new();
@@ -191,7 +194,7 @@ impl FolderScanner {
 }
 
 /// Reads every manifest of `dir` (sorted by name, so later files win on duplicate keys).
-fn read_folder(dir: &Path) -> Result<Vec<(PathBuf, Result<String, String>)>, std::io::Error> {
+fn read_folder(dir: &Path) -> Result<Vec<FileContent>, std::io::Error> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| is_manifest(p) && p.is_file())
