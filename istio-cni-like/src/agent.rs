@@ -2,4 +2,8 @@
 //! hands their network namespaces to ztunnel over ZDS and keeps checking that capture holds.
 
 pub mod enrollment;
+pub mod exec;
+pub mod iptables;
+pub mod listeners;
+pub mod rules;
 pub mod source;
