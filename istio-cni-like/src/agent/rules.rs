@@ -78,13 +78,21 @@ pub fn drift(cfg: &RedirectConfig, family: Family, current_save: &str) -> Vec<St
         seen.push(h);
     }
     if problems.is_empty() {
-        // Same lines, so only the order within a chain can differ (rules are evaluated in order).
-        let ordered = |lines: &[(String, String)]| {
-            let mut v = lines.to_vec();
-            v.sort_by(|a, b| a.0.cmp(&b.0));
+        // Same lines, so only the order within a chain can differ (rules are evaluated in order;
+        // the order of chains in the dump is the tool's business).
+        let per_chain = |lines: &[(String, String)]| {
+            let mut v: Vec<(String, String, String)> = lines
+                .iter()
+                .map(|(t, l)| {
+                    let chain = l.split_whitespace().nth(1).unwrap_or_default().to_owned();
+                    (t.clone(), chain, l.clone())
+                })
+                .collect();
+            // Stable: keeps each chain's rule order.
+            v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
             v
         };
-        if ordered(&want) != ordered(&have) {
+        if per_chain(&want) != per_chain(&have) {
             problems.push(format!("{fam}: rules of our chains are out of order"));
         }
     }

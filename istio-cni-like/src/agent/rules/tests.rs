@@ -126,3 +126,35 @@ fn route_checks() {
     assert_eq!(problems.len(), 2, "{problems:?}");
     assert!(problems[0].starts_with("-6 policy rule"));
 }
+
+#[test]
+fn chain_order_in_the_dump_does_not_matter() {
+    // iptables-save lists builtin chains' rules and ours grouped per chain, in its own chain
+    // order; only the order within a chain is meaningful.
+    let cfg = RedirectConfig::default();
+    let mut out = String::new();
+    for block in applied(&cfg, Family::V4).split_inclusive("COMMIT\n") {
+        let lines: Vec<&str> = block.lines().collect();
+        let (ours, other): (Vec<&str>, Vec<&str>) =
+            lines.iter().partition(|l| l.starts_with("-A ISTIO_"));
+        for l in other.iter().filter(|l| **l != "COMMIT") {
+            out.push_str(l);
+            out.push('\n');
+        }
+        for l in ours.iter().rev().collect::<Vec<_>>().into_iter().rev() {
+            out.push_str(l);
+            out.push('\n');
+        }
+        if block.contains("COMMIT") {
+            out.push_str("COMMIT\n");
+        }
+    }
+    // Jumps now come after the chains' rules in each table.
+    let reordered = out
+        .replace("-A OUTPUT -j ISTIO_OUTPUT\n", "")
+        .replace("COMMIT\n", "-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n");
+    assert!(
+        drift(&cfg, Family::V4, &reordered).is_empty(),
+        "{reordered}"
+    );
+}
