@@ -1,6 +1,6 @@
 //! The agent's core: per-pod capture state and the operations on it (plugin ADD/DEL/CHECK,
 //! reactions to metadata changes, start-up reconciliation, ZDS replay). The health check is in
-//! [`health`].
+//! the `health` submodule.
 //!
 //! Invariants:
 //! - Pod operations are serialised by one async lock (`ops`), so two operations never race on
