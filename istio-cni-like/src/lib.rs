@@ -8,4 +8,6 @@
 //!   rules, hands each pod's netns to ztunnel over ZDS, and keeps checking capture health.
 
 pub mod agent;
+pub mod cni;
+pub mod install;
 pub mod protocol;
