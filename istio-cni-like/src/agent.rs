@@ -233,8 +233,13 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         });
         tasks.spawn(plugin::serve(plugin_listener, agent.clone()));
     }
-    // TODO(cni-plugin): once `crate::install::install` lands, re-run it periodically here so the
-    // plugin stays in the node's conflist when the primary CNI rewrites the file.
+    if let Some(dir) = cfg.cni_conf_dir.clone() {
+        tasks.spawn(keep_plugin_installed(
+            dir,
+            cfg.plugin_conf(),
+            cfg.cni_install_interval,
+        ));
+    }
     ready.store(true, Ordering::SeqCst);
     info!("cni-agent ready");
     shutdown.await;
@@ -243,4 +248,38 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     // Keep the source alive until here: dropping it early would close the view channel.
     drop(source);
     Ok(())
+}
+
+/// Chains the plugin into the node's CNI config now and after every `interval`: a primary CNI
+/// that rewrites its config list would otherwise silently drop `ambit-cni`, and new pods would
+/// start uncaptured. Re-installing an up-to-date config writes nothing.
+async fn keep_plugin_installed(
+    dir: std::path::PathBuf,
+    conf: serde_json::Value,
+    interval: std::time::Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<Result<std::path::PathBuf, String>> = None;
+    loop {
+        ticker.tick().await;
+        let (d, c) = (dir.clone(), conf.clone());
+        let result =
+            match tokio::task::spawn_blocking(move || crate::install::install(&d, &c)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("installer task failed: {e}")),
+            };
+        // Log changes of outcome only, not every tick.
+        if last.as_ref() != Some(&result) {
+            match &result {
+                Ok(path) => {
+                    info!(config = %path.display(), "ambit-cni is chained in the node's CNI config")
+                }
+                Err(e) => {
+                    error!(dir = %dir.display(), error = %e, "cannot chain ambit-cni into the node's CNI config; new pods may start uncaptured")
+                }
+            }
+        }
+        last = Some(result);
+    }
 }

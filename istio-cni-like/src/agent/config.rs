@@ -67,6 +67,14 @@ pub struct AgentConfig {
     /// address. Empty SNATs every node-originated TCP connection, so set it.
     #[arg(long = "pod-cidr", env = "AMBIT_CNI_POD_CIDRS", value_delimiter = ',')]
     pub pod_cidrs: Vec<IpNet>,
+    /// The node's CNI config directory (e.g. `/etc/cni/net.d`). When set, the agent chains
+    /// `ambit-cni` into the primary CNI's config list at start and re-checks it every
+    /// `--cni-install-interval`, so a primary CNI rewriting its file does not drop capture.
+    #[arg(long, env = "AMBIT_CNI_CONF_DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// How often the CNI config is re-checked (see `--cni-conf-dir`).
+    #[arg(long, env = "AMBIT_CNI_INSTALL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub cni_install_interval: Duration,
     /// Packet mark ztunnel sets on its own sockets (ztunnel's `PACKET_MARK`).
     #[arg(long, env = "AMBIT_CNI_ZTUNNEL_MARK", default_value_t = 0x539)]
     pub ztunnel_mark: u32,
@@ -81,6 +89,16 @@ impl AgentConfig {
             probe_snat_pod_cidrs: self.pod_cidrs.clone(),
             ..RedirectConfig::default()
         }
+    }
+
+    /// The plugin's entry in the CNI config: it waits a little longer than the agent's own ADD
+    /// timeout, so the agent's precise failure message, not a plugin timeout, reaches the runtime.
+    pub fn plugin_conf(&self) -> serde_json::Value {
+        let timeout = self.add_timeout + Duration::from_secs(5);
+        crate::install::plugin_conf(
+            &self.plugin_socket.display().to_string(),
+            u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        )
     }
 
     /// The IP families rules are installed for.

@@ -109,11 +109,23 @@ pub struct AgentProc {
     pub log: PathBuf,
     health_interval: String,
     add_timeout: String,
+    extra_args: Vec<String>,
 }
 
 impl AgentProc {
     /// Starts the agent with its files under `dir` and waits until it is ready.
     pub fn start(node: &Node, dir: &Path, health_interval: &str, add_timeout: &str) -> AgentProc {
+        Self::start_with(node, dir, health_interval, add_timeout, &[])
+    }
+
+    /// [`AgentProc::start`] with extra command-line flags.
+    pub fn start_with(
+        node: &Node,
+        dir: &Path,
+        health_interval: &str,
+        add_timeout: &str,
+        extra_args: &[&str],
+    ) -> AgentProc {
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
         let mut agent = AgentProc {
@@ -126,6 +138,7 @@ impl AgentProc {
             log: dir.join("cni-agent.log"),
             health_interval: health_interval.to_owned(),
             add_timeout: add_timeout.to_owned(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
         agent.spawn();
         agent
@@ -159,6 +172,7 @@ impl AgentProc {
             .args(["--readiness-addr", &format!("0.0.0.0:{AGENT_READY}")])
             .args(["--admin-addr", &format!("127.0.0.1:{AGENT_ADMIN}")])
             .args(["--pod-cidr", &cidrs.join(",")])
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
