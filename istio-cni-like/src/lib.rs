@@ -7,6 +7,7 @@
 //! - `cni-agent` (the node daemon, [`agent`]) decides enrollment, installs the in-pod redirect
 //!   rules, hands each pod's netns to ztunnel over ZDS, and keeps checking capture health.
 
+pub mod agent;
 pub mod cni;
 pub mod install;
 pub mod protocol;
