@@ -6,6 +6,7 @@
 
 pub mod authz;
 pub mod ca;
+pub mod caclient;
 pub mod cert;
 pub mod certmanager;
 pub mod hbone;
