@@ -4,8 +4,9 @@
 //! Istio's `security.istio.io` policies) into ambit's data-plane model ([`mesh::model`],
 //! [`mesh::authz`]): [`objects`] reads documents, [`mod@translate`] converts them, [`folder`] reads
 //! a directory of them. None of it does network I/O or needs an async runtime; the xDS server,
-//! CA service and Kubernetes watches are layered on top.
+//! CA service ([`ca_service`]) and Kubernetes watches are layered on top.
 
+pub mod ca_service;
 pub mod folder;
 pub mod objects;
 pub mod translate;

@@ -151,28 +151,15 @@ impl CaClient {
     /// Prepares the client; nothing is connected until the first fetch. Must be called within
     /// a Tokio runtime (the channel spawns its connection task).
     pub fn new(config: CaClientConfig) -> Result<Self, CaClientError> {
-        let (host, port) = split_address(&config.address)?;
-        let tls = tls::control_plane_client_config(&config.roots, config.server_identity)?;
+        let channel =
+            control_plane_channel(&config.address, &config.roots, config.server_identity)?;
         let mut roots = RootCertStore::empty();
         for root in &config.roots {
-            // Already accepted by the TLS config above.
+            // Already accepted by the TLS config of the channel.
             roots
                 .add(root.clone())
                 .map_err(|e| TlsError::BadRoot(e.to_string()))?;
         }
-        // The scheme only shapes the `:scheme` pseudo-header; TLS is done by our connector
-        // (tonic refuses an `https` URI when its own TLS feature is off).
-        let uri = format!("http://{}:{port}", bracket(&host));
-        let endpoint =
-            Endpoint::from_shared(uri.clone()).map_err(|e| CaClientError::BadAddress {
-                address: config.address.clone(),
-                reason: e.to_string(),
-            })?;
-        let channel = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .connect_with_connector_lazy(TlsConnector {
-                tls: tokio_rustls::TlsConnector::from(tls),
-            });
         let cluster_id = match config.cluster_id {
             Some(id) => Some(MetadataValue::try_from(id.as_str()).map_err(|_| {
                 CaClientError::BadAddress {
@@ -301,6 +288,30 @@ impl CertSource for CaClient {
                 })
         })
     }
+}
+
+/// A lazily connected gRPC channel to the control plane at `address` (`host:port`, `host`, or
+/// `https://host:port`), over TLS that accepts only a server proving `server_identity` under
+/// `roots`. Reconnects by itself after failures. Must be called within a Tokio runtime.
+pub fn control_plane_channel(
+    address: &str,
+    roots: &[CertificateDer<'static>],
+    server_identity: Identity,
+) -> Result<Channel, CaClientError> {
+    let (host, port) = split_address(address)?;
+    let tls = tls::control_plane_client_config(roots, server_identity)?;
+    // The scheme only shapes the `:scheme` pseudo-header; TLS is done by our connector
+    // (tonic refuses an `https` URI when its own TLS feature is off).
+    let uri = format!("http://{}:{port}", bracket(&host));
+    let endpoint = Endpoint::from_shared(uri).map_err(|e| CaClientError::BadAddress {
+        address: address.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_with_connector_lazy(TlsConnector {
+            tls: tokio_rustls::TlsConnector::from(tls),
+        }))
 }
 
 /// A fresh P-256 key and a PEM CSR for `id`: empty subject, exactly one URI SAN, as
