@@ -1,7 +1,8 @@
 //! Start-up, wiring and shutdown of a ztunnel process.
 //!
-//! Order matters: config and CA load first (a bad file stops start-up with a message), then
-//! every listener is bound (a busy port stops start-up), and only then does anything serve.
+//! Order matters: config and the certificate source (the file CA, or the control-plane CA
+//! client when CA_ADDRESS is set, which connects lazily) load first (a bad file stops start-up
+//! with a message), then every listener is bound (a busy port stops start-up), and only then does anything serve.
 //! SIGTERM drains: stop accepting, GOAWAY on HBONE connections, wait for in-flight
 //! connections up to the drain deadline, then close what is left and exit 0.
 
@@ -9,7 +10,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use mesh::ca::CertificateAuthority;
-use mesh::certmanager::{FileCa, SecretManager};
+use mesh::caclient::{CaClient, CaClientConfig, TokenSource};
+use mesh::cert::parse_pem_certs;
+use mesh::certmanager::{CertSource, FileCa, SecretManager};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -41,14 +44,7 @@ pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
     tokio::spawn(watcher);
     drop(config_loaded);
 
-    let ca_dir = args.ca_dir.clone().context("AMBIT_CA_DIR")?;
-    let ca = CertificateAuthority::from_cacerts_dir(&ca_dir)
-        .with_context(|| format!("loading the file CA from {}", ca_dir.display()))?;
-    let file_ca = FileCa {
-        ca: Arc::new(ca),
-        lifetime: args.secret_ttl,
-    };
-    let secrets = SecretManager::new(Arc::new(CountingSource::new(file_ca, metrics.clone())));
+    let secrets = SecretManager::new(cert_source(&cfg, &metrics)?);
     let tls = Arc::new(TlsCache::new(secrets.clone()));
 
     // Bind the operational endpoints before serving anything.
@@ -150,6 +146,38 @@ pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
     wait_for_signal().await?;
     drain(&shutdown, args.drain_deadline, &readiness).await;
     Ok(())
+}
+
+/// Where workload certificates come from: the control plane's CA when CA_ADDRESS is set, else
+/// the local file CA. Either way wrapped for the rotation metric.
+fn cert_source(cfg: &Config, metrics: &Metrics) -> anyhow::Result<Arc<dyn CertSource>> {
+    let args = &cfg.args;
+    if let Some(address) = &args.ca_address {
+        let root_path = args.ca_root_cert.clone().context("CA_ROOT_CA")?;
+        let roots_pem = std::fs::read_to_string(&root_path)
+            .with_context(|| format!("reading CA_ROOT_CA {}", root_path.display()))?;
+        let roots = parse_pem_certs(&roots_pem, "CA_ROOT_CA")
+            .with_context(|| format!("parsing CA_ROOT_CA {}", root_path.display()))?;
+        let client = CaClient::new(CaClientConfig {
+            address: address.clone(),
+            roots,
+            server_identity: cfg.control_plane_identity.clone(),
+            token: TokenSource::File(args.ca_token_file.clone()),
+            lifetime: args.secret_ttl,
+            cluster_id: Some(args.cluster_id.clone()),
+        })
+        .context("CA_ADDRESS")?;
+        info!(%address, control_plane = %cfg.control_plane_identity, "certificates from the control-plane CA");
+        return Ok(Arc::new(CountingSource::new(client, metrics.clone())));
+    }
+    let ca_dir = args.ca_dir.clone().context("AMBIT_CA_DIR")?;
+    let ca = CertificateAuthority::from_cacerts_dir(&ca_dir)
+        .with_context(|| format!("loading the file CA from {}", ca_dir.display()))?;
+    let file_ca = FileCa {
+        ca: Arc::new(ca),
+        lifetime: args.secret_ttl,
+    };
+    Ok(Arc::new(CountingSource::new(file_ca, metrics.clone())))
 }
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

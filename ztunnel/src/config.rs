@@ -41,9 +41,25 @@ pub struct Args {
     /// Control-plane xDS address. Not served by this build yet: a local config file is required.
     #[arg(long, env = "XDS_ADDRESS")]
     pub xds_address: Option<String>,
-    /// Control-plane CA address. Not served by this build yet: use the file CA (`--ca-dir`).
+    /// Control-plane CA (`host:port` or `https://host:port`). When set, workload certificates come from the control plane; otherwise from the file CA (`--ca-dir`).
     #[arg(long, env = "CA_ADDRESS")]
     pub ca_address: Option<String>,
+    /// With CA_ADDRESS: PEM root certificate(s) the control plane's certificate must chain to; also the roots peers are verified against.
+    #[arg(long, env = "CA_ROOT_CA")]
+    pub ca_root_cert: Option<PathBuf>,
+    /// With CA_ADDRESS: file holding the bearer token for the CA (a projected service-account token, or this node's bootstrap token). Re-read per request.
+    #[arg(
+        long,
+        env = "AMBIT_CA_TOKEN_FILE",
+        default_value = "/var/run/secrets/tokens/istio-token"
+    )]
+    pub ca_token_file: PathBuf,
+    /// With CA_ADDRESS: the SPIFFE id the control plane's certificate must carry. Default: spiffe://<TRUST_DOMAIN>/ns/istio-system/sa/ambit-control-plane.
+    #[arg(long, env = "AMBIT_CONTROL_PLANE_IDENTITY")]
+    pub control_plane_identity: Option<String>,
+    /// Cluster id sent to the CA (`clusterid` header).
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
     /// `shared` (per node, pods handed over by ZDS) or `dedicated` (serve only this netns).
     #[arg(
         long,
@@ -124,12 +140,18 @@ pub struct WorkloadInfo {
     pub service_account: String,
 }
 
+/// Namespace and service account of the control plane's default identity.
+pub const DEFAULT_CONTROL_PLANE_SA: (&str, &str) = ("istio-system", "ambit-control-plane");
+
 /// Validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub args: Args,
     /// Set in dedicated mode only.
     pub dedicated_workload: Option<WorkloadInfo>,
+    /// The identity the control plane (CA, xDS) must prove: AMBIT_CONTROL_PLANE_IDENTITY, or
+    /// the default in TRUST_DOMAIN.
+    pub control_plane_identity: Identity,
 }
 
 /// A setting that cannot be used, naming it.
@@ -158,13 +180,27 @@ impl Config {
             };
             return Err(bad("LOCAL_XDS_PATH", why));
         }
-        if args.ca_dir.is_none() {
-            let why = if args.ca_address.is_some() {
-                "this build has no CA client yet; set AMBIT_CA_DIR to a cacerts directory"
-            } else {
-                "required (directory with ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem)"
-            };
-            return Err(bad("AMBIT_CA_DIR", why));
+        match (&args.ca_dir, &args.ca_address) {
+            // Two certificate sources would mean two answers to "which root do peers trust".
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "CA_ADDRESS",
+                    "set either CA_ADDRESS (control-plane CA) or AMBIT_CA_DIR (file CA), not both",
+                ))
+            }
+            (None, None) => {
+                return Err(bad(
+                    "AMBIT_CA_DIR",
+                    "required unless CA_ADDRESS is set (directory with ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem)",
+                ))
+            }
+            (None, Some(_)) if args.ca_root_cert.is_none() => {
+                return Err(bad(
+                    "CA_ROOT_CA",
+                    "required with CA_ADDRESS (PEM root certificate of the mesh)",
+                ))
+            }
+            _ => {}
         }
         if args.worker_threads == 0 {
             return Err(bad("ZTUNNEL_WORKER_THREADS", "must be at least 1"));
@@ -187,6 +223,16 @@ impl Config {
         // Validates the trust domain with the same parser identities use.
         Identity::new(&args.trust_domain, "ns", "sa")
             .map_err(|e| bad("TRUST_DOMAIN", e.to_string()))?;
+        let control_plane_identity = match &args.control_plane_identity {
+            Some(s) => Identity::parse(s)
+                .map_err(|e| bad("AMBIT_CONTROL_PLANE_IDENTITY", e.to_string()))?,
+            None => Identity::new(
+                &args.trust_domain,
+                DEFAULT_CONTROL_PLANE_SA.0,
+                DEFAULT_CONTROL_PLANE_SA.1,
+            )
+            .map_err(|e| bad("TRUST_DOMAIN", e.to_string()))?,
+        };
         let dedicated_workload = match args.proxy_mode {
             ProxyMode::Shared => None,
             ProxyMode::Dedicated => {
@@ -202,6 +248,7 @@ impl Config {
         Ok(Config {
             args,
             dedicated_workload,
+            control_plane_identity,
         })
     }
 }
@@ -347,6 +394,49 @@ mod tests {
             Config::from_args(no_file).unwrap_err().field,
             "LOCAL_XDS_PATH"
         );
+    }
+
+    #[test]
+    fn certificate_source_is_one_of_file_ca_or_control_plane() {
+        let cp = |extra: &[&str]| {
+            let mut argv = vec!["ztunnel", "--local-xds-path", "/tmp/c.yaml"];
+            argv.extend_from_slice(extra);
+            Config::from_args(Args::try_parse_from(argv).unwrap())
+        };
+        let both = cp(&["--ca-dir", "/x", "--ca-address", "cp:15012"]).unwrap_err();
+        assert_eq!(both.field, "CA_ADDRESS");
+        let neither = cp(&[]).unwrap_err();
+        assert_eq!(neither.field, "AMBIT_CA_DIR");
+        let no_root = cp(&["--ca-address", "cp:15012"]).unwrap_err();
+        assert_eq!(no_root.field, "CA_ROOT_CA");
+        let cfg = cp(&["--ca-address", "cp:15012", "--ca-root-cert", "/r.pem"]).unwrap();
+        assert_eq!(
+            cfg.control_plane_identity.to_string(),
+            "spiffe://cluster.local/ns/istio-system/sa/ambit-control-plane"
+        );
+        let cfg = cp(&[
+            "--ca-address",
+            "cp:15012",
+            "--ca-root-cert",
+            "/r.pem",
+            "--control-plane-identity",
+            "spiffe://example.org/ns/mesh/sa/cp",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.control_plane_identity.to_string(),
+            "spiffe://example.org/ns/mesh/sa/cp"
+        );
+        let bad_id = cp(&[
+            "--ca-address",
+            "cp:15012",
+            "--ca-root-cert",
+            "/r.pem",
+            "--control-plane-identity",
+            "cp",
+        ])
+        .unwrap_err();
+        assert_eq!(bad_id.field, "AMBIT_CONTROL_PLANE_IDENTITY");
     }
 
     #[test]
