@@ -377,3 +377,200 @@ impl Authenticator for AnyOf {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T1: &str = "0123456789abcdef-one";
+    const T2: &str = "0123456789abcdef-two";
+
+    #[test]
+    fn token_file_parsing() {
+        let tokens = BootstrapTokens::parse(&format!(
+            "# comment\n\nnode-a {T1}\n  node-b\t{T2}  \nnode-a 0123456789abcdef-rotated\n"
+        ))
+        .unwrap();
+        assert_eq!(tokens.node_of(T1), Some("node-a"));
+        assert_eq!(tokens.node_of(T2), Some("node-b"));
+        assert_eq!(tokens.node_of("0123456789abcdef-rotated"), Some("node-a"));
+        // Only exact matches: no prefixes, no extensions, no case folding.
+        assert_eq!(tokens.node_of(&T1[..T1.len() - 1]), None);
+        assert_eq!(tokens.node_of(&format!("{T1}x")), None);
+        assert_eq!(tokens.node_of(&T1.to_uppercase()), None);
+        assert_eq!(tokens.node_of(""), None);
+
+        let err = |text: &str| BootstrapTokens::parse(text).unwrap_err();
+        assert_eq!(err("node-a\n"), TokenFileError::Shape { line: 1 });
+        assert_eq!(
+            err(&format!("\nnode-a {T1} extra")),
+            TokenFileError::Shape { line: 2 }
+        );
+        assert!(matches!(
+            err(&format!("Node_A {T1}")),
+            TokenFileError::BadNode { line: 1, .. }
+        ));
+        assert!(matches!(
+            err("node-a short"),
+            TokenFileError::ShortToken { line: 1, .. }
+        ));
+        assert_eq!(
+            err(&format!("node-a {T1}\nnode-b {T1}")),
+            TokenFileError::DuplicateToken {
+                line: 2,
+                other: "node-a".into()
+            }
+        );
+        assert!(BootstrapTokens::parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn tokens_never_reach_debug_output() {
+        let tokens = BootstrapTokens::parse(&format!("node-a {T1}")).unwrap();
+        let dbg = format!("{tokens:?}");
+        assert!(dbg.contains("node-a") && !dbg.contains(T1), "{dbg}");
+    }
+
+    #[test]
+    fn constant_time_eq_is_equality() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    fn md(auth: Option<&str>) -> MetadataMap {
+        let mut md = MetadataMap::new();
+        if let Some(v) = auth {
+            md.insert("authorization", v.parse().unwrap());
+        }
+        md
+    }
+
+    #[test]
+    fn bearer_header_forms() {
+        assert_eq!(bearer_token(&md(Some("Bearer abc"))), Ok("abc"));
+        assert_eq!(bearer_token(&md(Some("bearer abc "))), Ok("abc"));
+        assert_eq!(bearer_token(&md(None)), Err(AuthError::MissingHeader));
+        assert_eq!(
+            bearer_token(&md(Some("Basic abc"))),
+            Err(AuthError::NotBearer)
+        );
+        assert_eq!(bearer_token(&md(Some("Bearer"))), Err(AuthError::NotBearer));
+        assert_eq!(
+            bearer_token(&md(Some("Bearer  "))),
+            Err(AuthError::EmptyToken)
+        );
+        assert_eq!(
+            Status::from(AuthError::ReviewUnavailable).code(),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(
+            Status::from(AuthError::UnknownToken).code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+
+    #[tokio::test]
+    async fn token_file_is_reloaded_and_a_broken_one_ignored() {
+        let dir = std::env::temp_dir().join(format!("ambit-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokens");
+        std::fs::write(&path, format!("node-a {T1}\n")).unwrap();
+        let auth = BootstrapTokenAuthenticator::from_file(&path).unwrap();
+        let who = |t: &str| {
+            let md = md(Some(&format!("Bearer {t}")));
+            let auth = &auth;
+            async move { auth.authenticate(&md).await.map(|c| c.node) }
+        };
+        assert_eq!(who(T1).await.unwrap(), "node-a");
+        assert!(who(T2).await.is_err());
+
+        // A different length guarantees a new stamp even on coarse-mtime filesystems.
+        std::fs::write(&path, format!("node-b {T2}\n# rotated\n")).unwrap();
+        assert_eq!(who(T2).await.unwrap(), "node-b");
+        assert!(who(T1).await.is_err());
+
+        std::fs::write(&path, "this line is broken\n").unwrap();
+        assert_eq!(who(T2).await.unwrap(), "node-b", "previous tokens stay");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        assert!(matches!(
+            BootstrapTokenAuthenticator::from_file(&dir.join("missing")),
+            Err(TokenFileError::Read { .. })
+        ));
+    }
+
+    struct NoReview;
+    impl TokenReviewer for NoReview {
+        fn review<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<ReviewedToken, String>> {
+            Box::pin(async { Err("connection refused".to_string()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn token_review_outcomes() {
+        let auth = TokenReviewAuthenticator::new(NoReview, "cluster.local");
+        let reviewed = |username: &str, node: Option<&str>| ReviewedToken {
+            authenticated: true,
+            username: username.into(),
+            node_name: node.map(Into::into),
+            error: None,
+        };
+        assert_eq!(
+            auth.caller(reviewed(
+                "system:serviceaccount:istio-system:ztunnel",
+                Some("n1")
+            )),
+            Ok(Caller {
+                node: "n1".into(),
+                identity: Some(Identity::new("cluster.local", "istio-system", "ztunnel").unwrap()),
+            })
+        );
+        assert_eq!(
+            auth.caller(reviewed("system:serviceaccount:default:web", None))
+                .unwrap()
+                .node,
+            ""
+        );
+        assert!(matches!(
+            auth.caller(reviewed("system:node:n1", None)),
+            Err(AuthError::NotServiceAccount(_))
+        ));
+        assert!(matches!(
+            auth.caller(reviewed("system:serviceaccount:a:b:c", None)),
+            Err(AuthError::NotServiceAccount(_))
+        ));
+        let refused = ReviewedToken {
+            error: Some("token expired".into()),
+            ..ReviewedToken::default()
+        };
+        assert_eq!(
+            auth.caller(refused),
+            Err(AuthError::NotAuthenticated("token expired".into()))
+        );
+        // The API server being away is not the caller's fault.
+        let err = auth.authenticate(&md(Some("Bearer x"))).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn any_of_takes_the_first_that_accepts() {
+        let tokens = Arc::new(BootstrapTokenAuthenticator {
+            path: PathBuf::from("/nonexistent"),
+            cache: Mutex::new((
+                None,
+                Arc::new(BootstrapTokens::parse(&format!("node-a {T1}")).unwrap()),
+            )),
+        });
+        let review = Arc::new(TokenReviewAuthenticator::new(NoReview, "cluster.local"));
+        let any = AnyOf(vec![tokens, review]);
+        let ok = any.authenticate(&md(Some(&format!("Bearer {T1}")))).await;
+        assert_eq!(ok.unwrap().node, "node-a");
+        let err = any
+            .authenticate(&md(Some("Bearer other")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+    }
+}

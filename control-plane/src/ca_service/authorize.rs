@@ -81,3 +81,130 @@ pub fn authorize(
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mesh::model::Workload;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const TD: &str = "cluster.local";
+
+    fn id(ns: &str, sa: &str) -> Identity {
+        Identity::new(TD, ns, sa).unwrap()
+    }
+
+    fn pod(name: &str, ns: &str, sa: &str, node: &str) -> Workload {
+        Workload {
+            name: name.into(),
+            namespace: ns.into(),
+            service_account: sa.into(),
+            node: node.into(),
+            ..Workload::default()
+        }
+    }
+
+    fn agent(node: &str) -> Caller {
+        Caller {
+            node: node.into(),
+            identity: None,
+        }
+    }
+
+    fn ztunnel(node: &str) -> Caller {
+        Caller {
+            node: node.into(),
+            identity: Some(id("istio-system", "ztunnel")),
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let state = State::new(
+            vec![
+                pod("web-1", "default", "web", "a"),
+                pod("db-1", "default", "db", "b"),
+                pod("floating", "default", "nowhere", ""),
+            ],
+            vec![],
+            vec![],
+            vec![],
+        )
+        .unwrap();
+        let trusted = [id("istio-system", "ztunnel")];
+        let decide = |caller: &Caller, asked: Option<&Identity>| {
+            authorize(&state, caller, asked, &trusted, TD)
+        };
+        let web = id("default", "web");
+        let db = id("default", "db");
+
+        assert_eq!(decide(&agent("a"), Some(&web)), Ok(web.clone()));
+        assert_eq!(decide(&ztunnel("a"), Some(&web)), Ok(web.clone()));
+        assert_eq!(
+            decide(&agent("a"), Some(&db)),
+            Err(Denied::NotOnNode {
+                node: "a".into(),
+                requested: db.to_string()
+            })
+        );
+        assert_eq!(decide(&agent("a"), None), Err(Denied::NothingRequested));
+        // A workload without a node is nobody's to ask for, not everybody's.
+        let nowhere = id("default", "nowhere");
+        assert!(matches!(
+            decide(&agent(""), Some(&nowhere)),
+            Err(Denied::NoNode { .. })
+        ));
+        assert!(matches!(
+            decide(&agent("a"), Some(&nowhere)),
+            Err(Denied::NotOnNode { .. })
+        ));
+        // Own identity, with or without impersonating itself; nobody else's.
+        let web_pod = Caller {
+            node: "a".into(),
+            identity: Some(web.clone()),
+        };
+        assert_eq!(decide(&web_pod, None), Ok(web.clone()));
+        assert_eq!(decide(&web_pod, Some(&web)), Ok(web.clone()));
+        assert!(matches!(
+            decide(&web_pod, Some(&db)),
+            Err(Denied::NotANodeAgent { .. })
+        ));
+        // Other trust domains are never signed, whoever asks.
+        let foreign = Identity::new("other.domain", "default", "web").unwrap();
+        assert!(matches!(
+            decide(&agent("a"), Some(&foreign)),
+            Err(Denied::ForeignTrustDomain { .. })
+        ));
+        let foreign_pod = Caller {
+            node: "a".into(),
+            identity: Some(foreign),
+        };
+        assert!(matches!(
+            decide(&foreign_pod, None),
+            Err(Denied::ForeignTrustDomain { .. })
+        ));
+    }
+
+    proptest! {
+        /// Whatever the placement, a node agent is granted an identity only if a workload on
+        /// its node runs as it, and always granted it in that case.
+        #[test]
+        fn node_agents_get_exactly_their_nodes_identities(
+            placement in proptest::collection::vec((0u8..4, 0u8..4), 0..12),
+            caller_node in 0u8..4,
+            asked_sa in 0u8..4,
+        ) {
+            let pods: Vec<Workload> = placement
+                .iter()
+                .enumerate()
+                .map(|(i, (sa, node))| pod(&format!("p{i}"), "ns", &format!("sa{sa}"), &format!("n{node}")))
+                .collect();
+            let state = State::new(pods, vec![], vec![], vec![]).unwrap();
+            let asked = id("ns", &format!("sa{asked_sa}"));
+            let result = authorize(&state, &agent(&format!("n{caller_node}")), Some(&asked), &[], TD);
+            let expected = placement.iter().any(|(sa, node)| *sa == asked_sa && *node == caller_node);
+            prop_assert_eq!(result.is_ok(), expected);
+        }
+    }
+}

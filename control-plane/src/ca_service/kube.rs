@@ -71,3 +71,66 @@ pub fn to_reviewed(review: TokenReview) -> ReviewedToken {
         error: status.error,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
+
+    use super::*;
+
+    /// The answer shape the API server sends for a pod-bound ztunnel token.
+    #[test]
+    fn reads_user_and_node_from_a_review() {
+        let json = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "metadata": {},
+            "spec": {"token": "x", "audiences": ["istio-ca"]},
+            "status": {
+                "authenticated": true,
+                "audiences": ["istio-ca"],
+                "user": {
+                    "username": "system:serviceaccount:istio-system:ztunnel",
+                    "uid": "u",
+                    "groups": ["system:serviceaccounts"],
+                    "extra": {
+                        "authentication.kubernetes.io/pod-name": ["ztunnel-abc"],
+                        "authentication.kubernetes.io/node-name": ["node-a"]
+                    }
+                }
+            }
+        });
+        let review: TokenReview = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            to_reviewed(review),
+            ReviewedToken {
+                authenticated: true,
+                username: "system:serviceaccount:istio-system:ztunnel".into(),
+                node_name: Some("node-a".into()),
+                error: None,
+            }
+        );
+    }
+
+    #[test]
+    fn refused_or_empty_reviews_are_not_authenticated() {
+        let refused = TokenReview {
+            status: Some(TokenReviewStatus {
+                authenticated: Some(false),
+                error: Some("invalid bearer token".into()),
+                user: Some(UserInfo {
+                    extra: Some(BTreeMap::new()),
+                    ..UserInfo::default()
+                }),
+                ..TokenReviewStatus::default()
+            }),
+            ..TokenReview::default()
+        };
+        let r = to_reviewed(refused);
+        assert!(!r.authenticated);
+        assert_eq!(r.error.as_deref(), Some("invalid bearer token"));
+        assert!(!to_reviewed(TokenReview::default()).authenticated);
+    }
+}

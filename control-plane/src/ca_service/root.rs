@@ -191,3 +191,102 @@ fn create_private_dir(dir: &Path) -> Result<(), CaError> {
     // An existing directory may be more open than we want for a key's home.
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(err)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir =
+                std::env::temp_dir().join(format!("ambit-root-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn generates_once_and_persists_privately() {
+        let tmp = TempDir::new("generate");
+        let store = LocalDirStore {
+            dir: tmp.0.join("store"),
+        };
+        let (first, origin) = load_or_create(None, &store, "cluster.local").unwrap();
+        assert!(matches!(origin, RootOrigin::Generated(_)));
+        assert_eq!(mode(&store.dir.join("ca-key.pem")), 0o600);
+        assert_eq!(mode(&store.dir), 0o700);
+
+        let (again, origin) = load_or_create(None, &store, "cluster.local").unwrap();
+        assert!(matches!(origin, RootOrigin::Stored(_)));
+        assert_eq!(
+            first.roots(),
+            again.roots(),
+            "the same root after a restart"
+        );
+    }
+
+    #[test]
+    fn partial_store_is_an_error_and_left_alone() {
+        let tmp = TempDir::new("partial");
+        let store = LocalDirStore { dir: tmp.0.clone() };
+        fs::create_dir_all(&tmp.0).unwrap();
+        fs::write(tmp.0.join("ca-key.pem"), "someone's key").unwrap();
+        let err = load_or_create(None, &store, "cluster.local").unwrap_err();
+        assert!(matches!(err, RootError::Partial { .. }), "{err}");
+        assert_eq!(
+            fs::read_to_string(tmp.0.join("ca-key.pem")).unwrap(),
+            "someone's key"
+        );
+        assert!(!tmp.0.join("ca-cert.pem").exists());
+    }
+
+    #[test]
+    fn plug_in_ca_wins_and_a_broken_one_stops_start_up() {
+        let tmp = TempDir::new("plugin");
+        let plug_in = tmp.0.join("cacerts");
+        let org = CertificateAuthority::generate("cluster.local").unwrap();
+        org.write_cacerts_dir(&plug_in).unwrap();
+        let store = LocalDirStore {
+            dir: tmp.0.join("store"),
+        };
+        // Something already stored: the plug-in CA still takes precedence.
+        load_or_create(None, &store, "cluster.local").unwrap();
+
+        let (ca, origin) = load_or_create(Some(&plug_in), &store, "cluster.local").unwrap();
+        assert_eq!(origin, RootOrigin::PlugIn(plug_in.clone()));
+        assert_eq!(ca.roots(), org.roots());
+
+        fs::write(plug_in.join("ca-key.pem"), "not a key").unwrap();
+        let err = load_or_create(Some(&plug_in), &store, "cluster.local").unwrap_err();
+        assert!(matches!(err, RootError::PlugIn { .. }), "{err}");
+    }
+
+    #[test]
+    fn empty_plug_in_dir_means_no_plug_in() {
+        let tmp = TempDir::new("plugin-empty");
+        let plug_in = tmp.0.join("cacerts");
+        fs::create_dir_all(&plug_in).unwrap();
+        let store = LocalDirStore {
+            dir: tmp.0.join("store"),
+        };
+        let (_, origin) = load_or_create(Some(&plug_in), &store, "cluster.local").unwrap();
+        assert!(matches!(origin, RootOrigin::Generated(_)));
+        let (_, origin) =
+            load_or_create(Some(&tmp.0.join("absent")), &store, "cluster.local").unwrap();
+        assert!(matches!(origin, RootOrigin::Stored(_)));
+    }
+}
