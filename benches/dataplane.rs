@@ -118,6 +118,7 @@ fn main() {
     z1.serve(&[(&mesh.client, "default", "client-sa")]);
     z2.serve(&[(&mesh.server, "default", "server-sa")]);
     let zts = [&z1, &z2];
+    let pids = [z1.pid(), z2.pid()];
     for z in zts {
         assert_eq!(
             procfs::comm(z.pid()),
@@ -136,10 +137,25 @@ fn main() {
         assert_eq!(n, load::RESPONSE_BYTES);
     }
     let idle: Vec<f64> = zts.iter().map(|z| procfs::rss_mib(z.pid())).collect();
-    println!("idle RSS (MiB): n1 {:.1}, n2 {:.1}", idle[0], idle[1]);
-
     let mut rows = Vec::new();
     let mut notes = Vec::new();
+    for (z, node) in zts.iter().zip(["n1", "n2"]) {
+        let line = format!(
+            "ztunnel {node} idle RSS: {}",
+            procfs::rss_breakdown(z.pid())
+        );
+        println!("{line}");
+        notes.push(line);
+    }
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    notes.push(format!(
+        "load average before the runs: {} (other work on the machine skews every figure)",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
 
     // Throughput, and the proxies' CPU for the bytes the meshed runs moved.
     let mut mesh_bytes = 0u64;
@@ -148,11 +164,25 @@ fn main() {
     for (streams, target) in [(1, Some(0.70)), (4, None)] {
         let [base, meshed] = [&plain, &mesh].map(|pair| {
             let dst = pair.dst(SINK_PORT);
+            let _profile = (std::ptr::eq(pair, &mesh))
+                .then(|| Profile::start(&format!("throughput{streams}"), &pids));
             let before: Vec<Duration> = zts.iter().map(|z| procfs::cpu_time(z.pid())).collect();
+            let machine_before = procfs::machine_jiffies();
             let r = pair.client_run(move || load::bulk_send(dst, streams, run));
+            let machine = procfs::busy_secs(machine_before, procfs::machine_jiffies());
             let after: Vec<Duration> = zts.iter().map(|z| procfs::cpu_time(z.pid())).collect();
-            (r, [after[0] - before[0], after[1] - before[1]])
+            (r, [after[0] - before[0], after[1] - before[1]], machine)
         });
+        let line = format!(
+            "throughput x{streams}: whole machine busy {:.2} CPU-s/GB without mesh ({:.0}% of {} CPUs), {:.2} CPU-s/GB with ({:.0}%)",
+            base.2 / (base.0.bytes as f64 / 1e9),
+            100.0 * base.2 / base.0.elapsed.as_secs_f64() / ncpu as f64,
+            ncpu,
+            meshed.2 / (meshed.0.bytes as f64 / 1e9),
+            100.0 * meshed.2 / meshed.0.elapsed.as_secs_f64() / ncpu as f64,
+        );
+        println!("{line}");
+        notes.push(line);
         mesh_bytes += meshed.0.bytes;
         mesh_cpu += meshed.1[0] + meshed.1[1];
         cpu_split[0] += meshed.1[0];
@@ -190,8 +220,13 @@ fn main() {
     // Closed-loop requests/s over kept-alive connections.
     let [base, meshed] = [&plain, &mesh].map(|pair| {
         let dst = pair.dst(HTTP_PORT);
-        pair.client_run(move || load::closed_loop(dst, HTTP_CONNS, run))
+        let _profile = std::ptr::eq(pair, &mesh).then(|| Profile::start("closed_loop", &pids));
+        cpu_of(&pids, || {
+            pair.client_run(move || load::closed_loop(dst, HTTP_CONNS, run))
+        })
     });
+    notes.push(per_op_line("closed loop", "request", &base, &meshed, run));
+    let (base, meshed) = (base.0, meshed.0);
     println!("closed loop: no-mesh {base:.0} req/s, mesh {meshed:.0} req/s");
     rows.push(Row::ratio(
         format!("HTTP/1.1 closed loop, {HTTP_CONNS} conns (req/s)"),
@@ -229,8 +264,20 @@ fn main() {
     // New connections per second.
     let [base, meshed] = [&plain, &mesh].map(|pair| {
         let dst = pair.dst(HTTP_PORT);
-        pair.client_run(move || load::conn_rate(dst, CONN_RATE_WORKERS, run))
+        let _profile = std::ptr::eq(pair, &mesh).then(|| Profile::start("conn_rate", &pids));
+        let ((rate, failed), machine, proxies) = cpu_of(&pids, || {
+            pair.client_run(move || load::conn_rate(dst, CONN_RATE_WORKERS, run))
+        });
+        ((rate, failed), (rate, machine, proxies))
     });
+    notes.push(per_op_line(
+        "connection rate",
+        "connection",
+        &base.1,
+        &meshed.1,
+        run,
+    ));
+    let (base, meshed) = (base.0, meshed.0);
     let line = format!(
         "connection rate: no-mesh {:.0}/s ({} failed), mesh {:.0}/s ({} failed)",
         base.0, base.1, meshed.0, meshed.1
@@ -257,6 +304,12 @@ fn main() {
     );
     std::thread::sleep(settle);
     let after: Vec<f64> = zts.iter().map(|z| procfs::rss_mib(z.pid())).collect();
+    for (z, node) in zts.iter().zip(["n1", "n2"]) {
+        notes.push(format!(
+            "ztunnel {node} RSS after the wait: {}",
+            procfs::rss_breakdown(z.pid())
+        ));
+    }
     for (i, node) in ["n1", "n2"].iter().enumerate() {
         rows.push(Row::absolute(
             format!("ztunnel {node} RSS idle (MiB)"),
@@ -285,6 +338,79 @@ fn main() {
     };
     drop(servers);
     report.print_and_write(&target_dir().join("bench-dataplane.md"));
+}
+
+/// `perf record` of the ztunnels during one meshed scenario, when `BENCH_PROFILE=<dir>` is set
+/// (flat cpu-clock samples: this VM exposes no hardware counters). Profiling costs CPU, so
+/// figures from a profiled run are not the ones to report.
+struct Profile(Option<std::process::Child>);
+
+impl Profile {
+    fn start(name: &str, pids: &[i32]) -> Profile {
+        let Ok(dir) = std::env::var("BENCH_PROFILE") else {
+            return Profile(None);
+        };
+        let _ = std::fs::create_dir_all(&dir);
+        let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+        let out = PathBuf::from(dir).join(format!("{name}.perf.data"));
+        let child = Command::new("perf")
+            .args(["record", "-q", "-F", "2000", "-e", "cpu-clock", "-o"])
+            .arg(&out)
+            .args(["-p", &pids.join(",")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| eprintln!("perf record not started: {e}"))
+            .ok();
+        Profile(child)
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            // SIGINT makes perf flush and close its data file.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `f`, returning its result, the machine's busy CPU-seconds and both ztunnels' CPU-seconds
+/// meanwhile.
+fn cpu_of<T>(pids: &[i32], f: impl FnOnce() -> T) -> (T, f64, f64) {
+    let zt = || -> f64 {
+        pids.iter()
+            .map(|p| procfs::cpu_time(*p).as_secs_f64())
+            .sum()
+    };
+    let (m0, z0) = (procfs::machine_jiffies(), zt());
+    let out = f();
+    let (z1, m1) = (zt(), procfs::machine_jiffies());
+    (out, procfs::busy_secs(m0, m1), z1 - z0)
+}
+
+/// "<what>: machine CPU per <op> X µs without mesh, Y µs with (ztunnels Z µs)", from
+/// (ops per second, machine CPU-s, proxy CPU-s) of a run of length `run`.
+fn per_op_line(
+    what: &str,
+    op: &str,
+    base: &(f64, f64, f64),
+    meshed: &(f64, f64, f64),
+    run: Duration,
+) -> String {
+    let per_op = |r: &(f64, f64, f64), cpu: f64| cpu / (r.0 * run.as_secs_f64()) * 1e6;
+    let line = format!(
+        "{what}: machine CPU per {op} {:.1} µs without mesh, {:.1} µs with (of which both ztunnels {:.1} µs)",
+        per_op(base, base.1),
+        per_op(meshed, meshed.1),
+        per_op(meshed, meshed.2),
+    );
+    println!("{line}");
+    line
 }
 
 /// Per-pod tuning applied to both pairs alike: the connection-rate run opens tens of

@@ -45,3 +45,39 @@ pub fn comm(pid: i32) -> String {
         .trim()
         .to_string()
 }
+
+/// "anon X MiB + file Y MiB, N threads": what an RSS figure is made of.
+pub fn rss_breakdown(pid: i32) -> String {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    format!(
+        "anon {:.1} MiB + file {:.1} MiB, {threads} threads",
+        status_kib(pid, "RssAnon") as f64 / 1024.0,
+        status_kib(pid, "RssFile") as f64 / 1024.0,
+    )
+}
+
+/// Busy and total jiffies of the whole machine (all CPUs), from `/proc/stat`.
+pub fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
+    let cpu = stat.lines().next().expect("cpu line");
+    let v: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    let total: u64 = v.iter().take(8).sum();
+    (total - idle, total)
+}
+
+/// Machine-wide busy CPU-seconds between two `machine_jiffies` readings.
+pub fn busy_secs(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    (after.0 - before.0) as f64 / hz
+}
