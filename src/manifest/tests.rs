@@ -7,6 +7,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::*;
 
@@ -198,86 +199,28 @@ fn images_follow_hub_and_tag() {
 
 #[test]
 fn bad_options_are_rejected_naming_the_option() {
+    let long_tag = "x".repeat(129);
+    let long_ns = "a".repeat(64);
     let cases = [
-        (
-            "hub",
-            Options {
-                hub: "".into(),
-                ..Options::default()
-            },
-        ),
-        (
-            "hub",
-            Options {
-                hub: "Ambit/X".into(),
-                ..Options::default()
-            },
-        ),
-        (
-            "hub",
-            Options {
-                hub: "ambit/".into(),
-                ..Options::default()
-            },
-        ),
-        (
-            "hub",
-            Options {
-                hub: "am bit".into(),
-                ..Options::default()
-            },
-        ),
-        (
-            "tag",
-            Options {
-                tag: "".into(),
-                ..Options::default()
-            },
-        ),
-        (
-            "tag",
-            Options {
-                tag: ".hidden".into(),
-                ..Options::default()
-            },
-        ),
-        (
-            "tag",
-            Options {
-                tag: "1.0:latest".into(),
-                ..Options::default()
-            },
-        ),
-        (
-            "tag",
-            Options {
-                tag: "x".repeat(129),
-                ..Options::default()
-            },
-        ),
-        (
-            "namespace",
-            Options {
-                namespace: "Istio".into(),
-                ..Options::default()
-            },
-        ),
-        (
-            "namespace",
-            Options {
-                namespace: "-ns".into(),
-                ..Options::default()
-            },
-        ),
-        (
-            "namespace",
-            Options {
-                namespace: "a".repeat(64),
-                ..Options::default()
-            },
-        ),
+        ("hub", ""),
+        ("hub", "Ambit/X"),
+        ("hub", "ambit/"),
+        ("hub", "am bit"),
+        ("tag", ""),
+        ("tag", ".hidden"),
+        ("tag", "1.0:latest"),
+        ("tag", &long_tag),
+        ("namespace", "Istio"),
+        ("namespace", "-ns"),
+        ("namespace", &long_ns),
     ];
-    for (want, opts) in cases {
+    for (want, value) in cases {
+        let mut opts = Options::default();
+        match want {
+            "hub" => opts.hub = value.to_string(),
+            "tag" => opts.tag = value.to_string(),
+            _ => opts.namespace = value.to_string(),
+        }
         match objects(&opts) {
             Err(ManifestError::InvalidOption { option, .. }) => {
                 assert_eq!(option, want, "{opts:?}")
@@ -404,8 +347,6 @@ fn every_container_has_requests_limits_and_readiness_on_15021() {
         }
     }
 }
-
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 fn rules_of(objects: &[Object], kind: &str, name: &str) -> Vec<PolicyRule> {
     objects
