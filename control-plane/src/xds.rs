@@ -26,6 +26,6 @@ pub use subscriber::{Outcome, Subscriber};
 pub const XDS_PORT: u16 = 15012;
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod e2e_tests;
+#[cfg(test)]
+mod tests;

@@ -26,6 +26,8 @@ pub struct Caller {
 /// implements this; tests use a fixed token table.
 pub trait Authenticator: Send + Sync + 'static {
     /// `Err` with `Status::unauthenticated` (missing or bad token) or `permission_denied`.
+    // `Status` is what tonic handlers return; boxing it here would only be unboxed there.
+    #[allow(clippy::result_large_err)]
     fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status>;
 }
 

@@ -113,6 +113,7 @@ impl XdsServer {
         self.nacks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    #[allow(clippy::result_large_err)] // tonic's own error type, returned as is.
     fn authenticate<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         let conn = req.extensions().get::<ConnInfo>();
         if let Some(identity) = conn.and_then(|c| c.peer_identity.clone()) {
@@ -233,7 +234,10 @@ impl AggregatedDiscoveryService for XdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let caller = self.authenticate(&request).inspect_err(|status| {
-            let remote = request.extensions().get::<ConnInfo>().and_then(|c| c.remote);
+            let remote = request
+                .extensions()
+                .get::<ConnInfo>()
+                .and_then(|c| c.remote);
             tracing::warn!(?remote, %status, "xDS stream refused");
         })?;
         let label = match &caller.identity {

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use mesh::model::State;
 use mesh::xds::proto::google::Any;
 use mesh::xds::{
-    self, authorization_to_proto, peer_authentication_to_proto, service_address,
-    workload_address, ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, PEER_AUTHENTICATION_TYPE_URL,
+    self, authorization_to_proto, peer_authentication_to_proto, service_address, workload_address,
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, PEER_AUTHENTICATION_TYPE_URL,
 };
 
 /// The resource types this server serves, in push order: addresses first, so a client that

@@ -146,10 +146,7 @@ impl Subscriber {
         outcome
     }
 
-    /// Types this subscriber has subscribed to, in the order given (call in [`TYPE_URLS`]
-    /// order for pushes).
-    ///
-    /// [`TYPE_URLS`]: super::snapshot::TYPE_URLS
+    /// Whether this subscriber has asked for `type_url` on this stream.
     pub fn is_subscribed(&self, type_url: &str) -> bool {
         self.types.contains_key(type_url)
     }

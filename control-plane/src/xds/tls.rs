@@ -31,7 +31,7 @@ pub enum TlsSetupError {
     Issue {
         identity: Identity,
         #[source]
-        source: mesh::ca::CaError,
+        source: Box<mesh::ca::CaError>,
     },
     #[error("the CA's root certificate is unusable as a trust anchor: {0}")]
     Root(rustls::Error),
@@ -116,14 +116,17 @@ fn issue(
         .issue(identity, lifetime)
         .map_err(|source| TlsSetupError::Issue {
             identity: identity.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let key = provider
         .key_provider
         .load_private_key(cert.key().clone_key())
         .map_err(TlsSetupError::Key)?;
     let refresh = cert.refresh_at(0.0);
-    Ok((Arc::new(CertifiedKey::new(cert.chain.clone(), key)), refresh))
+    Ok((
+        Arc::new(CertifiedKey::new(cert.chain.clone(), key)),
+        refresh,
+    ))
 }
 
 impl ResolvesServerCert for SelfCert {
@@ -245,7 +248,12 @@ pub fn incoming(
                     peer_identity,
                 };
                 // The server is gone if this fails: nothing to do.
-                let _ = tx.send(TlsConn { inner: stream, info }).await;
+                let _ = tx
+                    .send(TlsConn {
+                        inner: stream,
+                        info,
+                    })
+                    .await;
             });
         }
     });
