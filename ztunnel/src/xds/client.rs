@@ -27,6 +27,9 @@ use super::NodeInfo;
 use crate::readiness::BlockReady;
 use crate::state::StatePublisher;
 
+/// Largest response accepted (the control plane's own encoding limit).
+const MAX_RESPONSE: usize = 256 << 20;
+
 /// Reconnect delays: doubling from `initial` up to `max`, with jitter so a fleet of ztunnels
 /// does not reconnect in lock-step after a control-plane restart.
 #[derive(Clone, Copy, Debug)]
@@ -208,7 +211,9 @@ impl XdsClient {
         if let Some(bearer) = self.bearer()? {
             request.metadata_mut().insert("authorization", bearer);
         }
-        let mut client = proto::AdsClient::new(channel);
+        // A large mesh's initial push is one big response; tonic's 4 MiB default would fail
+        // it forever. Same ceiling as the control plane's encoding limit.
+        let mut client = proto::AdsClient::new(channel).max_decoding_message_size(MAX_RESPONSE);
         let mut responses = client
             .delta_aggregated_resources(request)
             .await?
