@@ -22,7 +22,7 @@ use crate::netns::Netns;
 use crate::proxy::{LocalWorkload, ProxyInputs, Shutdown, WorkloadProxy};
 use crate::readiness::Readiness;
 use crate::tlscache::TlsCache;
-use crate::{httpserver, inpod, state};
+use crate::{httpserver, inpod, state, xds};
 
 /// Runs ztunnel until SIGTERM/SIGINT and its drain complete.
 pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
@@ -32,14 +32,22 @@ pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
     let readiness = Readiness::new();
     let config_loaded = readiness.register("config");
 
-    let path = args.local_xds_path.clone().context("LOCAL_XDS_PATH")?;
     let reload_metrics = metrics.clone();
-    let (state, watcher) = state::watch_local_file(path, args.config_poll, move |ok| {
-        reload_metrics.record_config_reload(ok)
-    })
-    .map_err(anyhow::Error::msg)?;
-    tokio::spawn(watcher);
-    drop(config_loaded);
+    let on_reload = move |ok| reload_metrics.record_config_reload(ok);
+    let state = if args.xds_address.is_some() {
+        // Readiness waits for the first complete push; until then the state is empty.
+        let (state, client) = xds::from_config(&cfg, config_loaded, on_reload)
+            .context("setting up the xDS client")?;
+        tokio::spawn(client.run());
+        state
+    } else {
+        let path = args.local_xds_path.clone().context("LOCAL_XDS_PATH")?;
+        let (state, watcher) = state::watch_local_file(path, args.config_poll, on_reload)
+            .map_err(anyhow::Error::msg)?;
+        tokio::spawn(watcher);
+        drop(config_loaded);
+        state
+    };
 
     let ca_dir = args.ca_dir.clone().context("AMBIT_CA_DIR")?;
     let ca = CertificateAuthority::from_cacerts_dir(&ca_dir)

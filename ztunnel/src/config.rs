@@ -38,9 +38,32 @@ pub struct Args {
     /// Local config file (Istio ztunnel's LocalConfig YAML: workloads, services, policies). Watched for changes.
     #[arg(long, env = "LOCAL_XDS_PATH")]
     pub local_xds_path: Option<PathBuf>,
-    /// Control-plane xDS address. Not served by this build yet: a local config file is required.
+    /// Control-plane xDS address, `host:port` (or Istio's `https://host:port`); TLS only.
+    /// Exclusive with LOCAL_XDS_PATH.
     #[arg(long, env = "XDS_ADDRESS")]
     pub xds_address: Option<String>,
+    /// PEM root certificate the xDS server must chain to (Istio's name). Default: AMBIT_CA_DIR/root-cert.pem.
+    #[arg(long, env = "XDS_ROOT_CA")]
+    pub xds_root_ca: Option<PathBuf>,
+    /// File with the bearer token sent to the xDS server (re-read on each connect).
+    #[arg(long, env = "AMBIT_XDS_TOKEN_FILE")]
+    pub xds_token_file: Option<PathBuf>,
+    /// SPIFFE identity the xDS server must present; default: any identity of AMBIT_ROOT_NAMESPACE
+    /// (or a certificate valid for the XDS_ADDRESS host).
+    #[arg(long, env = "AMBIT_XDS_SERVER_IDENTITY")]
+    pub xds_server_identity: Option<String>,
+    /// This ztunnel's pod name (downward API), for the xDS node id.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// This ztunnel's namespace (downward API), for the xDS node id.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// This ztunnel's pod IP (downward API), for the xDS node id.
+    #[arg(long, env = "INSTANCE_IP")]
+    pub instance_ip: Option<std::net::IpAddr>,
+    /// The node this ztunnel runs on (downward API), sent to the control plane.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
     /// Control-plane CA address. Not served by this build yet: use the file CA (`--ca-dir`).
     #[arg(long, env = "CA_ADDRESS")]
     pub ca_address: Option<String>,
@@ -130,6 +153,8 @@ pub struct Config {
     pub args: Args,
     /// Set in dedicated mode only.
     pub dedicated_workload: Option<WorkloadInfo>,
+    /// Set when config comes from xDS (`XDS_ADDRESS`).
+    pub xds_node: Option<crate::xds::NodeInfo>,
 }
 
 /// A setting that cannot be used, naming it.
@@ -150,14 +175,24 @@ fn bad(field: &'static str, reason: impl Into<String>) -> ConfigError {
 impl Config {
     /// Validates parsed flags into a usable configuration.
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
-        if args.local_xds_path.is_none() {
-            let why = if args.xds_address.is_some() {
-                "this build has no xDS client yet; set LOCAL_XDS_PATH to a local config file"
-            } else {
-                "required (path to the local config file)"
-            };
-            return Err(bad("LOCAL_XDS_PATH", why));
-        }
+        let xds_node = match (&args.local_xds_path, &args.xds_address) {
+            (Some(_), Some(_)) => {
+                // One source of truth: merging a file with a live control plane would make
+                // "which policy is in force" depend on timing.
+                return Err(bad(
+                    "LOCAL_XDS_PATH",
+                    "set together with XDS_ADDRESS; choose one config source",
+                ));
+            }
+            (None, None) => {
+                return Err(bad(
+                    "LOCAL_XDS_PATH",
+                    "required (path to the local config file), unless XDS_ADDRESS is set",
+                ))
+            }
+            (Some(_), None) => None,
+            (None, Some(addr)) => Some(xds_settings(&args, addr)?),
+        };
         if args.ca_dir.is_none() {
             let why = if args.ca_address.is_some() {
                 "this build has no CA client yet; set AMBIT_CA_DIR to a cacerts directory"
@@ -202,8 +237,44 @@ impl Config {
         Ok(Config {
             args,
             dedicated_workload,
+            xds_node,
         })
     }
+}
+
+/// Validates the settings the xDS client needs; the node identity comes from the downward
+/// API, as Istio's DaemonSet sets it.
+fn xds_settings(args: &Args, addr: &str) -> Result<crate::xds::NodeInfo, ConfigError> {
+    crate::xds::parse_xds_address(addr).map_err(|e| bad("XDS_ADDRESS", e))?;
+    if args.xds_root_ca.is_none() && args.ca_dir.is_none() {
+        return Err(bad(
+            "XDS_ROOT_CA",
+            "required with XDS_ADDRESS (PEM root the control plane chains to), unless AMBIT_CA_DIR is set",
+        ));
+    }
+    if let Some(id) = &args.xds_server_identity {
+        Identity::parse(id).map_err(|e| bad("AMBIT_XDS_SERVER_IDENTITY", e.to_string()))?;
+    }
+    fn required(v: &Option<String>, field: &'static str) -> Result<String, ConfigError> {
+        match v.as_deref().map(str::trim) {
+            Some(s) if !s.is_empty() => Ok(s.to_string()),
+            _ => Err(bad(
+                field,
+                "required with XDS_ADDRESS (set from the downward API)",
+            )),
+        }
+    }
+    Ok(crate::xds::NodeInfo {
+        pod_name: required(&args.pod_name, "POD_NAME")?,
+        pod_namespace: required(&args.pod_namespace, "POD_NAMESPACE")?,
+        instance_ip: args.instance_ip.ok_or_else(|| {
+            bad(
+                "INSTANCE_IP",
+                "required with XDS_ADDRESS (set from the downward API)",
+            )
+        })?,
+        node_name: required(&args.node_name, "NODE_NAME")?,
+    })
 }
 
 fn parse_workload_info(s: &str) -> Result<WorkloadInfo, ConfigError> {
@@ -347,6 +418,60 @@ mod tests {
             Config::from_args(no_file).unwrap_err().field,
             "LOCAL_XDS_PATH"
         );
+    }
+
+    /// An xDS-mode command line; `set` replaces or adds flags (clap refuses a repeated flag).
+    fn xds_args(set: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut flags = vec![
+            ("--xds-address", "https://ambit-cp.istio-system.svc:15012"),
+            ("--ca-dir", "/tmp/ca"),
+            ("--pod-name", "ztunnel-1"),
+            ("--pod-namespace", "istio-system"),
+            ("--instance-ip", "10.0.0.5"),
+            ("--node-name", "node-a"),
+        ];
+        for (k, v) in set {
+            flags.retain(|(f, _)| f != k);
+            flags.push((k, v));
+        }
+        let mut argv = vec!["ztunnel"];
+        for (k, v) in flags {
+            argv.extend([k, v]);
+        }
+        Config::from_args(Args::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn xds_mode_settings() {
+        let cfg = xds_args(&[]).unwrap();
+        let node = cfg.xds_node.unwrap();
+        assert_eq!(node.node_name, "node-a");
+        assert_eq!(
+            node.node_id(),
+            "ztunnel~10.0.0.5~ztunnel-1.istio-system~istio-system.svc.cluster.local"
+        );
+        // One source of truth.
+        let err = xds_args(&[("--local-xds-path", "/tmp/c.yaml")]).unwrap_err();
+        assert_eq!(err.field, "LOCAL_XDS_PATH");
+        let err = xds_args(&[("--xds-address", "http://cp:15012")]).unwrap_err();
+        assert_eq!(err.field, "XDS_ADDRESS");
+        let err = xds_args(&[("--node-name", " ")]).unwrap_err();
+        assert_eq!(err.field, "NODE_NAME");
+        let err = xds_args(&[("--xds-server-identity", "istiod")]).unwrap_err();
+        assert_eq!(err.field, "AMBIT_XDS_SERVER_IDENTITY");
+        let no_node = Args::try_parse_from([
+            "ztunnel",
+            "--xds-address",
+            "cp:15012",
+            "--ca-dir",
+            "/tmp/ca",
+        ])
+        .unwrap();
+        assert_eq!(Config::from_args(no_node).unwrap_err().field, "POD_NAME");
+        let no_root = Args::try_parse_from(["ztunnel", "--xds-address", "cp:15012"]).unwrap();
+        assert_eq!(Config::from_args(no_root).unwrap_err().field, "XDS_ROOT_CA");
+        // The file source needs none of the node settings.
+        assert!(Config::from_args(args(&[])).unwrap().xds_node.is_none());
     }
 
     #[test]
