@@ -58,7 +58,7 @@ pub fn workload(opts: &Options) -> Vec<Object> {
     container.env = Some(vec![
         env("XDS_ADDRESS", &control_plane),
         env("CA_ADDRESS", &control_plane),
-        env("XDS_ROOT_CERT", &format!("{ROOT_CERT_DIR}/root-cert.pem")),
+        env("XDS_ROOT_CA", &format!("{ROOT_CERT_DIR}/root-cert.pem")),
         env("AMBIT_XDS_TOKEN_FILE", &format!("{TOKEN_DIR}/{TOKEN_FILE}")),
         env("PROXY_MODE", "shared"),
         env("INPOD_UDS", ZDS_SOCKET),
