@@ -4,8 +4,10 @@
 //! - `ambit config check` — validate a ztunnel local config file, naming any bad field.
 //! - `ambit config-dump`  — fetch a running ztunnel's config dump from its admin endpoint.
 //! - `ambit demo`         — run two ztunnels on a local network-namespace example.
+//! - `ambit manifest generate` — print the Kubernetes install (see `manifest`).
 
 mod demo;
+mod manifest;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -50,6 +52,27 @@ enum Command {
         /// Path of the ztunnel binary (default: next to this executable).
         #[arg(long)]
         ztunnel: Option<PathBuf>,
+    },
+    /// Kubernetes install manifests.
+    Manifest {
+        #[command(subcommand)]
+        command: ManifestCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ManifestCommand {
+    /// Print the install (CRDs, control plane, ztunnel, cni-agent, RBAC) as YAML on stdout.
+    Generate {
+        /// Image repository prefix: images are HUB/control-plane, HUB/ztunnel, HUB/cni-agent.
+        #[arg(long, default_value = manifest::DEFAULT_HUB)]
+        hub: String,
+        /// Image tag of every component (default: this ambit's version).
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
+        /// Namespace to install into.
+        #[arg(long, default_value = manifest::DEFAULT_NAMESPACE)]
+        namespace: String,
     },
 }
 
@@ -129,6 +152,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { ztunnel } => demo::run(ztunnel),
+        Command::Manifest {
+            command:
+                ManifestCommand::Generate {
+                    hub,
+                    tag,
+                    namespace,
+                },
+        } => {
+            let yaml = manifest::generate(&manifest::Options {
+                hub,
+                tag,
+                namespace,
+            })?;
+            std::io::stdout()
+                .write_all(yaml.as_bytes())
+                .context("writing the manifest to stdout")?;
+            Ok(())
+        }
     }
 }
 

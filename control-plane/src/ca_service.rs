@@ -29,7 +29,6 @@ use mesh::caclient::proto::{
 use mesh::identity::Identity;
 use mesh::model::State;
 use tokio::sync::watch;
-use tonic::codegen::BoxFuture;
 use tonic::{Request, Response, Status};
 
 pub use auth::{AuthError, Authenticator, Caller};
@@ -178,20 +177,13 @@ fn csr_status(e: CaError) -> Status {
     }
 }
 
+#[tonic::async_trait]
 impl IstioCertificateService for CaService {
-    fn create_certificate(
+    async fn create_certificate(
         &self,
         request: Request<IstioCertificateRequest>,
-    ) -> BoxFuture<Response<IstioCertificateResponse>, Status> {
-        // The server keeps the service in an Arc for its whole life; cloning the few handles
-        // here lets the future be 'static as tonic requires.
-        let this = CaService {
-            ca: self.ca.clone(),
-            authenticator: self.authenticator.clone(),
-            state: self.state.clone(),
-            config: self.config.clone(),
-        };
-        Box::pin(async move { this.handle(request).await })
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        self.handle(request).await
     }
 }
 

@@ -10,6 +10,7 @@ pub mod ca_service;
 pub mod folder;
 pub mod objects;
 pub mod translate;
+pub mod xds;
 
 pub use objects::{parse_documents, Object, ObjectError, ObjectRef};
 pub use translate::{translate, Problem, Severity, StateInputs, TranslateConfig, Translation};

@@ -14,4 +14,5 @@ pub mod identity;
 pub mod model;
 pub mod redirect;
 pub mod tls;
+pub mod xds;
 pub mod zds;

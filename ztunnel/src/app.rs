@@ -25,7 +25,7 @@ use crate::netns::Netns;
 use crate::proxy::{LocalWorkload, ProxyInputs, Shutdown, WorkloadProxy};
 use crate::readiness::Readiness;
 use crate::tlscache::TlsCache;
-use crate::{httpserver, inpod, state};
+use crate::{httpserver, inpod, state, xds};
 
 /// Runs ztunnel until SIGTERM/SIGINT and its drain complete.
 pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
@@ -35,14 +35,22 @@ pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
     let readiness = Readiness::new();
     let config_loaded = readiness.register("config");
 
-    let path = args.local_xds_path.clone().context("LOCAL_XDS_PATH")?;
     let reload_metrics = metrics.clone();
-    let (state, watcher) = state::watch_local_file(path, args.config_poll, move |ok| {
-        reload_metrics.record_config_reload(ok)
-    })
-    .map_err(anyhow::Error::msg)?;
-    tokio::spawn(watcher);
-    drop(config_loaded);
+    let on_reload = move |ok| reload_metrics.record_config_reload(ok);
+    let state = if args.xds_address.is_some() {
+        // Readiness waits for the first complete push; until then the state is empty.
+        let (state, client) = xds::from_config(&cfg, config_loaded, on_reload)
+            .context("setting up the xDS client")?;
+        tokio::spawn(client.run());
+        state
+    } else {
+        let path = args.local_xds_path.clone().context("LOCAL_XDS_PATH")?;
+        let (state, watcher) = state::watch_local_file(path, args.config_poll, on_reload)
+            .map_err(anyhow::Error::msg)?;
+        tokio::spawn(watcher);
+        drop(config_loaded);
+        state
+    };
 
     let secrets = SecretManager::new(cert_source(&cfg, &metrics)?);
     let tls = Arc::new(TlsCache::new(secrets.clone()));
@@ -153,7 +161,11 @@ pub async fn run(cfg: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
 fn cert_source(cfg: &Config, metrics: &Metrics) -> anyhow::Result<Arc<dyn CertSource>> {
     let args = &cfg.args;
     if let Some(address) = &args.ca_address {
-        let root_path = args.ca_root_cert.clone().context("CA_ROOT_CA")?;
+        let root_path = args
+            .ca_root_cert
+            .clone()
+            .or_else(|| args.xds_root_ca.clone())
+            .context("CA_ROOT_CA")?;
         let roots_pem = std::fs::read_to_string(&root_path)
             .with_context(|| format!("reading CA_ROOT_CA {}", root_path.display()))?;
         let roots = parse_pem_certs(&roots_pem, "CA_ROOT_CA")

@@ -38,13 +38,36 @@ pub struct Args {
     /// Local config file (Istio ztunnel's LocalConfig YAML: workloads, services, policies). Watched for changes.
     #[arg(long, env = "LOCAL_XDS_PATH")]
     pub local_xds_path: Option<PathBuf>,
-    /// Control-plane xDS address. Not served by this build yet: a local config file is required.
+    /// Control-plane xDS address, `host:port` (or Istio's `https://host:port`); TLS only.
+    /// Exclusive with LOCAL_XDS_PATH.
     #[arg(long, env = "XDS_ADDRESS")]
     pub xds_address: Option<String>,
+    /// PEM root certificate the xDS server must chain to (Istio's name). Default: AMBIT_CA_DIR/root-cert.pem.
+    #[arg(long, env = "XDS_ROOT_CA")]
+    pub xds_root_ca: Option<PathBuf>,
+    /// File with the bearer token sent to the xDS server (re-read on each connect).
+    #[arg(long, env = "AMBIT_XDS_TOKEN_FILE")]
+    pub xds_token_file: Option<PathBuf>,
+    /// SPIFFE identity the xDS server must present; default: any identity of AMBIT_ROOT_NAMESPACE
+    /// (or a certificate valid for the XDS_ADDRESS host).
+    #[arg(long, env = "AMBIT_XDS_SERVER_IDENTITY")]
+    pub xds_server_identity: Option<String>,
+    /// This ztunnel's pod name (downward API), for the xDS node id.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// This ztunnel's namespace (downward API), for the xDS node id.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// This ztunnel's pod IP (downward API), for the xDS node id.
+    #[arg(long, env = "INSTANCE_IP")]
+    pub instance_ip: Option<std::net::IpAddr>,
+    /// The node this ztunnel runs on (downward API), sent to the control plane.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
     /// Control-plane CA (`host:port` or `https://host:port`). When set, workload certificates come from the control plane; otherwise from the file CA (`--ca-dir`).
     #[arg(long, env = "CA_ADDRESS")]
     pub ca_address: Option<String>,
-    /// With CA_ADDRESS: PEM root certificate(s) the control plane's certificate must chain to; also the roots peers are verified against.
+    /// With CA_ADDRESS: PEM root certificate(s) the control plane's certificate must chain to; also the roots peers are verified against. Default: XDS_ROOT_CA.
     #[arg(long, env = "CA_ROOT_CA")]
     pub ca_root_cert: Option<PathBuf>,
     /// With CA_ADDRESS: file holding the bearer token for the CA (a projected service-account token, or this node's bootstrap token). Re-read per request.
@@ -54,7 +77,7 @@ pub struct Args {
         default_value = "/var/run/secrets/tokens/istio-token"
     )]
     pub ca_token_file: PathBuf,
-    /// With CA_ADDRESS: the SPIFFE id the control plane's certificate must carry. Default: spiffe://<TRUST_DOMAIN>/ns/istio-system/sa/ambit-control-plane.
+    /// With CA_ADDRESS: the SPIFFE id the CA's certificate must carry. Default: spiffe://<TRUST_DOMAIN>/ns/<AMBIT_ROOT_NAMESPACE>/sa/ambit-control-plane.
     #[arg(long, env = "AMBIT_CONTROL_PLANE_IDENTITY")]
     pub control_plane_identity: Option<String>,
     /// Cluster id sent to the CA (`clusterid` header).
@@ -140,8 +163,8 @@ pub struct WorkloadInfo {
     pub service_account: String,
 }
 
-/// Namespace and service account of the control plane's default identity.
-pub const DEFAULT_CONTROL_PLANE_SA: (&str, &str) = ("istio-system", "ambit-control-plane");
+/// Service account of the control plane (in the root namespace): its default CA identity.
+pub const DEFAULT_CONTROL_PLANE_SA: &str = "ambit-control-plane";
 
 /// Validated configuration.
 #[derive(Clone, Debug)]
@@ -149,9 +172,11 @@ pub struct Config {
     pub args: Args,
     /// Set in dedicated mode only.
     pub dedicated_workload: Option<WorkloadInfo>,
-    /// The identity the control plane (CA, xDS) must prove: AMBIT_CONTROL_PLANE_IDENTITY, or
-    /// the default in TRUST_DOMAIN.
+    /// The identity the control-plane CA must prove: AMBIT_CONTROL_PLANE_IDENTITY, or the
+    /// default (see the flag).
     pub control_plane_identity: Identity,
+    /// Set when config comes from xDS (`XDS_ADDRESS`).
+    pub xds_node: Option<crate::xds::NodeInfo>,
 }
 
 /// A setting that cannot be used, naming it.
@@ -172,14 +197,24 @@ fn bad(field: &'static str, reason: impl Into<String>) -> ConfigError {
 impl Config {
     /// Validates parsed flags into a usable configuration.
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
-        if args.local_xds_path.is_none() {
-            let why = if args.xds_address.is_some() {
-                "this build has no xDS client yet; set LOCAL_XDS_PATH to a local config file"
-            } else {
-                "required (path to the local config file)"
-            };
-            return Err(bad("LOCAL_XDS_PATH", why));
-        }
+        let xds_node = match (&args.local_xds_path, &args.xds_address) {
+            (Some(_), Some(_)) => {
+                // One source of truth: merging a file with a live control plane would make
+                // "which policy is in force" depend on timing.
+                return Err(bad(
+                    "LOCAL_XDS_PATH",
+                    "set together with XDS_ADDRESS; choose one config source",
+                ));
+            }
+            (None, None) => {
+                return Err(bad(
+                    "LOCAL_XDS_PATH",
+                    "required (path to the local config file), unless XDS_ADDRESS is set",
+                ))
+            }
+            (Some(_), None) => None,
+            (None, Some(addr)) => Some(xds_settings(&args, addr)?),
+        };
         match (&args.ca_dir, &args.ca_address) {
             // Two certificate sources would mean two answers to "which root do peers trust".
             (Some(_), Some(_)) => {
@@ -194,10 +229,10 @@ impl Config {
                     "required unless CA_ADDRESS is set (directory with ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem)",
                 ))
             }
-            (None, Some(_)) if args.ca_root_cert.is_none() => {
+            (None, Some(_)) if args.ca_root_cert.is_none() && args.xds_root_ca.is_none() => {
                 return Err(bad(
                     "CA_ROOT_CA",
-                    "required with CA_ADDRESS (PEM root certificate of the mesh)",
+                    "required with CA_ADDRESS unless XDS_ROOT_CA is set (PEM root certificate of the mesh)",
                 ))
             }
             _ => {}
@@ -228,10 +263,10 @@ impl Config {
                 .map_err(|e| bad("AMBIT_CONTROL_PLANE_IDENTITY", e.to_string()))?,
             None => Identity::new(
                 &args.trust_domain,
-                DEFAULT_CONTROL_PLANE_SA.0,
-                DEFAULT_CONTROL_PLANE_SA.1,
+                &args.root_namespace,
+                DEFAULT_CONTROL_PLANE_SA,
             )
-            .map_err(|e| bad("TRUST_DOMAIN", e.to_string()))?,
+            .map_err(|e| bad("AMBIT_ROOT_NAMESPACE", e.to_string()))?,
         };
         let dedicated_workload = match args.proxy_mode {
             ProxyMode::Shared => None,
@@ -249,8 +284,44 @@ impl Config {
             args,
             dedicated_workload,
             control_plane_identity,
+            xds_node,
         })
     }
+}
+
+/// Validates the settings the xDS client needs; the node identity comes from the downward
+/// API, as Istio's DaemonSet sets it.
+fn xds_settings(args: &Args, addr: &str) -> Result<crate::xds::NodeInfo, ConfigError> {
+    crate::xds::parse_xds_address(addr).map_err(|e| bad("XDS_ADDRESS", e))?;
+    if args.xds_root_ca.is_none() && args.ca_dir.is_none() {
+        return Err(bad(
+            "XDS_ROOT_CA",
+            "required with XDS_ADDRESS (PEM root the control plane chains to), unless AMBIT_CA_DIR is set",
+        ));
+    }
+    if let Some(id) = &args.xds_server_identity {
+        Identity::parse(id).map_err(|e| bad("AMBIT_XDS_SERVER_IDENTITY", e.to_string()))?;
+    }
+    fn required(v: &Option<String>, field: &'static str) -> Result<String, ConfigError> {
+        match v.as_deref().map(str::trim) {
+            Some(s) if !s.is_empty() => Ok(s.to_string()),
+            _ => Err(bad(
+                field,
+                "required with XDS_ADDRESS (set from the downward API)",
+            )),
+        }
+    }
+    Ok(crate::xds::NodeInfo {
+        pod_name: required(&args.pod_name, "POD_NAME")?,
+        pod_namespace: required(&args.pod_namespace, "POD_NAMESPACE")?,
+        instance_ip: args.instance_ip.ok_or_else(|| {
+            bad(
+                "INSTANCE_IP",
+                "required with XDS_ADDRESS (set from the downward API)",
+            )
+        })?,
+        node_name: required(&args.node_name, "NODE_NAME")?,
+    })
 }
 
 fn parse_workload_info(s: &str) -> Result<WorkloadInfo, ConfigError> {
@@ -396,6 +467,60 @@ mod tests {
         );
     }
 
+    /// An xDS-mode command line; `set` replaces or adds flags (clap refuses a repeated flag).
+    fn xds_args(set: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut flags = vec![
+            ("--xds-address", "https://ambit-cp.istio-system.svc:15012"),
+            ("--ca-dir", "/tmp/ca"),
+            ("--pod-name", "ztunnel-1"),
+            ("--pod-namespace", "istio-system"),
+            ("--instance-ip", "10.0.0.5"),
+            ("--node-name", "node-a"),
+        ];
+        for (k, v) in set {
+            flags.retain(|(f, _)| f != k);
+            flags.push((k, v));
+        }
+        let mut argv = vec!["ztunnel"];
+        for (k, v) in flags {
+            argv.extend([k, v]);
+        }
+        Config::from_args(Args::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn xds_mode_settings() {
+        let cfg = xds_args(&[]).unwrap();
+        let node = cfg.xds_node.unwrap();
+        assert_eq!(node.node_name, "node-a");
+        assert_eq!(
+            node.node_id(),
+            "ztunnel~10.0.0.5~ztunnel-1.istio-system~istio-system.svc.cluster.local"
+        );
+        // One source of truth.
+        let err = xds_args(&[("--local-xds-path", "/tmp/c.yaml")]).unwrap_err();
+        assert_eq!(err.field, "LOCAL_XDS_PATH");
+        let err = xds_args(&[("--xds-address", "http://cp:15012")]).unwrap_err();
+        assert_eq!(err.field, "XDS_ADDRESS");
+        let err = xds_args(&[("--node-name", " ")]).unwrap_err();
+        assert_eq!(err.field, "NODE_NAME");
+        let err = xds_args(&[("--xds-server-identity", "istiod")]).unwrap_err();
+        assert_eq!(err.field, "AMBIT_XDS_SERVER_IDENTITY");
+        let no_node = Args::try_parse_from([
+            "ztunnel",
+            "--xds-address",
+            "cp:15012",
+            "--ca-dir",
+            "/tmp/ca",
+        ])
+        .unwrap();
+        assert_eq!(Config::from_args(no_node).unwrap_err().field, "POD_NAME");
+        let no_root = Args::try_parse_from(["ztunnel", "--xds-address", "cp:15012"]).unwrap();
+        assert_eq!(Config::from_args(no_root).unwrap_err().field, "XDS_ROOT_CA");
+        // The file source needs none of the node settings.
+        assert!(Config::from_args(args(&[])).unwrap().xds_node.is_none());
+    }
+
     #[test]
     fn certificate_source_is_one_of_file_ca_or_control_plane() {
         let cp = |extra: &[&str]| {
@@ -409,6 +534,8 @@ mod tests {
         assert_eq!(neither.field, "AMBIT_CA_DIR");
         let no_root = cp(&["--ca-address", "cp:15012"]).unwrap_err();
         assert_eq!(no_root.field, "CA_ROOT_CA");
+        // The xDS root is the mesh root too.
+        cp(&["--ca-address", "cp:15012", "--xds-root-ca", "/r.pem"]).unwrap();
         let cfg = cp(&["--ca-address", "cp:15012", "--ca-root-cert", "/r.pem"]).unwrap();
         assert_eq!(
             cfg.control_plane_identity.to_string(),

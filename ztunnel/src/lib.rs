@@ -8,7 +8,8 @@
 //!   15006 inbound plaintext, 15008 inbound HBONE ([`proxy`]).
 //! - Shared mode gets pods from the node agent over ZDS ([`inpod`]); the namespace fd is held
 //!   open and entered only to create sockets ([`netns`], [`socket`]).
-//! - Config comes from a watched local file ([`state`]); certificates from a file CA through
+//! - Config comes from a watched local file ([`state`]) or the control plane over delta xDS
+//!   ([`xds`]); certificates from a file CA through
 //!   the rotating secret manager ([`tlscache`]).
 //! - Operational endpoints: admin on 127.0.0.1:15000, metrics on :15020, readiness on :15021.
 
@@ -27,3 +28,4 @@ pub mod readiness;
 pub mod socket;
 pub mod state;
 pub mod tlscache;
+pub mod xds;

@@ -1,4 +1,9 @@
 use clap::Parser;
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use ztunnel::accesslog::LogFormat;
 use ztunnel::config::{Args, Config, LogFormatArg};
 

@@ -1,8 +1,9 @@
-//! The current configuration snapshot and the local config file watcher.
+//! The current configuration snapshot, the local config file watcher, and the publishing side
+//! other config sources (the xDS client) use.
 //!
-//! Invariant: subscribers only ever see a fully validated [`State`]. A file that fails to
-//! parse or validate is reported (log line naming the field, failure metric, `lastError` in
-//! the config dump) and the last good snapshot stays in force.
+//! Invariant: subscribers only ever see a fully validated [`State`]. A file or xDS update that
+//! fails to parse or validate is reported (log line naming the field, failure metric,
+//! `lastError` in the config dump) and the last good snapshot stays in force.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,45 @@ impl StateHandle {
 
     pub fn status(&self) -> LoadStatus {
         self.status.lock().expect("status lock").clone()
+    }
+}
+
+/// The writing side of a [`StateHandle`], for config sources other than the local file (the
+/// xDS client). Only ever given validated [`State`]s, so the module invariant holds.
+pub struct StatePublisher {
+    tx: watch::Sender<Arc<State>>,
+    status: Arc<Mutex<LoadStatus>>,
+}
+
+impl StatePublisher {
+    /// A publisher and its handle, starting from `initial` at version 0 (nothing applied yet:
+    /// the xDS client starts empty and readiness waits for its first complete push).
+    pub fn new(initial: State) -> (StatePublisher, StateHandle) {
+        let (tx, rx) = watch::channel(Arc::new(initial));
+        let status = Arc::new(Mutex::new(LoadStatus::default()));
+        let handle = StateHandle {
+            rx,
+            status: status.clone(),
+        };
+        (StatePublisher { tx, status }, handle)
+    }
+
+    /// Makes `state` the snapshot in force, waking every subscriber.
+    pub fn publish(&self, state: State) {
+        let mut st = self.status.lock().expect("status lock");
+        st.version += 1;
+        st.last_error = None;
+        self.tx.send_replace(Arc::new(state));
+    }
+
+    /// Records a rejected update; the snapshot in force does not change.
+    pub fn reject(&self, error: String) {
+        self.status.lock().expect("status lock").last_error = Some(error);
+    }
+
+    /// The snapshot in force now.
+    pub fn current(&self) -> Arc<State> {
+        self.tx.borrow().clone()
     }
 }
 

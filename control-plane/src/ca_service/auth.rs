@@ -18,15 +18,10 @@ use mesh::identity::Identity;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-/// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// The node the caller runs on; empty when the credential does not say.
-    pub node: String,
-    /// The caller's own workload identity, when its credential carries one (service-account
-    /// tokens). `None` for node bootstrap tokens: their holder is a node agent and nothing else.
-    pub identity: Option<Identity>,
-}
+/// An authenticated caller: the xDS server's type, so that one authentication serves both
+/// services. For the CA, `node` is the node the credential names (empty when it names none) and
+/// `identity` is `None` for node bootstrap tokens (their holder is a node agent, nothing else).
+pub use crate::xds::auth::Caller;
 
 impl fmt::Display for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -39,7 +34,8 @@ impl fmt::Display for Caller {
 
 /// Turns request metadata into a [`Caller`], or `UNAUTHENTICATED`.
 ///
-/// Asynchronous because checking a Kubernetes token is an API call.
+/// Asynchronous because checking a Kubernetes token is an API call. (The xDS server's
+/// [`crate::xds::Authenticator`] is the synchronous form; bootstrap tokens implement both.)
 pub trait Authenticator: Send + Sync + 'static {
     fn authenticate<'a>(
         &'a self,
@@ -285,6 +281,21 @@ impl Authenticator for BootstrapTokenAuthenticator {
     }
 }
 
+/// Bootstrap tokens for the xDS server too (its authenticator is synchronous, which a file
+/// lookup allows).
+impl crate::xds::Authenticator for BootstrapTokenAuthenticator {
+    fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        let token = bearer_token(metadata)?;
+        self.tokens()
+            .node_of(token)
+            .map(|node| Caller {
+                node: node.to_string(),
+                identity: None,
+            })
+            .ok_or_else(|| AuthError::UnknownToken.into())
+    }
+}
+
 /// What the Kubernetes API server said about a token.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReviewedToken {
@@ -499,6 +510,25 @@ mod tests {
             BootstrapTokenAuthenticator::from_file(&dir.join("missing")),
             Err(TokenFileError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn bootstrap_tokens_authenticate_xds_callers_too() {
+        let auth = BootstrapTokenAuthenticator {
+            path: PathBuf::from("/nonexistent"),
+            cache: Mutex::new((
+                None,
+                Arc::new(BootstrapTokens::parse(&format!("node-a {T1}")).unwrap()),
+            )),
+        };
+        let xds: &dyn crate::xds::Authenticator = &auth;
+        let caller = xds
+            .authenticate(&md(Some(&format!("Bearer {T1}"))))
+            .unwrap();
+        assert_eq!(caller.node, "node-a");
+        assert_eq!(caller.identity, None);
+        let err = xds.authenticate(&md(Some("Bearer nope"))).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
     }
 
     struct NoReview;

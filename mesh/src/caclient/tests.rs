@@ -4,7 +4,6 @@
 use std::sync::Mutex;
 
 use tokio::net::TcpListener;
-use tonic::codegen::BoxFuture;
 
 use super::proto::{
     IstioCertificateResponse, IstioCertificateService, IstioCertificateServiceServer,
@@ -36,11 +35,12 @@ struct FakeCa {
     sign_as: Option<Identity>,
 }
 
+#[tonic::async_trait]
 impl IstioCertificateService for FakeCa {
-    fn create_certificate(
+    async fn create_certificate(
         &self,
         request: tonic::Request<IstioCertificateRequest>,
-    ) -> BoxFuture<tonic::Response<IstioCertificateResponse>, tonic::Status> {
+    ) -> Result<tonic::Response<IstioCertificateResponse>, tonic::Status> {
         let md = request.metadata();
         let header = |k: &str| {
             md.get(k)
@@ -61,11 +61,9 @@ impl IstioCertificateService for FakeCa {
             seen.cluster_ids.push(header("clusterid"));
             seen.impersonated.push(impersonated.clone());
         }
-        let result = self.sign(&impersonated, &req.csr, req.validity_duration);
-        let result = result
+        self.sign(&impersonated, &req.csr, req.validity_duration)
             .map(|cert_chain| tonic::Response::new(IstioCertificateResponse { cert_chain }))
-            .map_err(tonic::Status::invalid_argument);
-        Box::pin(async move { result })
+            .map_err(tonic::Status::invalid_argument)
     }
 }
 

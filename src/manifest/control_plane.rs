@@ -1,0 +1,194 @@
+//! The control plane: Deployment, Service `:15012`, PodDisruptionBudget, ServiceAccount and
+//! least-privilege RBAC.
+//!
+//! RBAC: cluster-wide it may only read the kinds it translates (docs/architecture.md,
+//! "Inputs") and create TokenReviews (to authenticate ztunnels' service-account tokens). Its
+//! only writes are to its own CA root Secret and root-certificate ConfigMap, through a Role in
+//! its own namespace.
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Service, ServiceAccount,
+    ServicePort, ServiceSpec, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::common::{self, env_field, meta, rule};
+use super::{
+    Object, Options, CA_ROOT_CERT_CONFIGMAP, CA_ROOT_SECRET, CONTROL_PLANE, READINESS_PORT,
+    XDS_PORT,
+};
+
+/// Two replicas: with one, the PodDisruptionBudget would block every node drain; with two,
+/// a drain moves one while the other keeps serving xDS and certificates. Both share the CA
+/// root through the `ambit-ca-root` Secret, so either can sign.
+const REPLICAS: i32 = 2;
+
+pub fn rbac(ns: &str) -> Vec<Object> {
+    let cluster_role = ClusterRole {
+        metadata: meta(CONTROL_PLANE, None, CONTROL_PLANE),
+        rules: Some(vec![
+            rule(
+                &[""],
+                &["namespaces", "nodes", "pods", "serviceaccounts", "services"],
+                &["get", "list", "watch"],
+                &[],
+            ),
+            rule(
+                &["discovery.k8s.io"],
+                &["endpointslices"],
+                &["get", "list", "watch"],
+                &[],
+            ),
+            rule(
+                &["security.istio.io"],
+                &["authorizationpolicies", "peerauthentications"],
+                &["get", "list", "watch"],
+                &[],
+            ),
+            rule(
+                &["authentication.k8s.io"],
+                &["tokenreviews"],
+                &["create"],
+                &[],
+            ),
+        ]),
+        ..Default::default()
+    };
+    let cluster_binding = ClusterRoleBinding {
+        metadata: meta(CONTROL_PLANE, None, CONTROL_PLANE),
+        role_ref: common::role_ref("ClusterRole", CONTROL_PLANE),
+        subjects: Some(vec![common::service_account_subject(CONTROL_PLANE, ns)]),
+    };
+    // RBAC cannot restrict `create` by name (the object has no name yet when the request is
+    // authorized), so create is granted on the kind and get/update only on the named objects:
+    // the control plane can add Secrets here but read or change no Secret other than its own.
+    let role = Role {
+        metadata: meta(CONTROL_PLANE, Some(ns), CONTROL_PLANE),
+        rules: Some(vec![
+            rule(&[""], &["secrets"], &["get", "update"], &[CA_ROOT_SECRET]),
+            rule(&[""], &["secrets"], &["create"], &[]),
+            rule(
+                &[""],
+                &["configmaps"],
+                &["get", "update"],
+                &[CA_ROOT_CERT_CONFIGMAP],
+            ),
+            rule(&[""], &["configmaps"], &["create"], &[]),
+        ]),
+    };
+    let binding = RoleBinding {
+        metadata: meta(CONTROL_PLANE, Some(ns), CONTROL_PLANE),
+        role_ref: common::role_ref("Role", CONTROL_PLANE),
+        subjects: Some(vec![common::service_account_subject(CONTROL_PLANE, ns)]),
+    };
+    vec![
+        ServiceAccount {
+            metadata: meta(CONTROL_PLANE, Some(ns), CONTROL_PLANE),
+            ..Default::default()
+        }
+        .into(),
+        cluster_role.into(),
+        cluster_binding.into(),
+        role.into(),
+        binding.into(),
+    ]
+}
+
+pub fn workload(opts: &Options) -> Vec<Object> {
+    let ns = opts.namespace.as_str();
+    let service = Service {
+        metadata: meta(CONTROL_PLANE, Some(ns), CONTROL_PLANE),
+        spec: Some(ServiceSpec {
+            selector: Some(common::labels(&[("app", CONTROL_PLANE)])),
+            ports: Some(vec![ServicePort {
+                name: Some("grpc-xds".to_string()),
+                port: XDS_PORT,
+                target_port: Some(IntOrString::String("grpc-xds".to_string())),
+                protocol: Some("TCP".to_string()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let mut container = common::container("control-plane", opts.image("control-plane"));
+    container.ports = Some(vec![
+        common::port("grpc-xds", XDS_PORT),
+        common::port("http-ready", READINESS_PORT),
+    ]);
+    container.env = Some(vec![
+        // Where the CA Secret lives and which identity the serving certificate names.
+        env_field("POD_NAMESPACE", "metadata.namespace"),
+        env_field("POD_NAME", "metadata.name"),
+        env_field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+    ]);
+    container.readiness_probe = Some(common::readiness_probe());
+    container.resources = Some(common::resources("100m", "128Mi", Some("1"), "512Mi"));
+    container.security_context = Some(common::non_root_security_context());
+    container.volume_mounts = Some(vec![common::mount("tmp", "/tmp")]);
+
+    let deployment = Deployment {
+        metadata: meta(CONTROL_PLANE, Some(ns), CONTROL_PLANE),
+        spec: Some(DeploymentSpec {
+            replicas: Some(REPLICAS),
+            selector: common::selector(CONTROL_PLANE),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(common::pod_labels(CONTROL_PLANE)),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(CONTROL_PLANE.to_string()),
+                    node_selector: Some(common::node_selector_linux()),
+                    affinity: Some(spread_over_nodes()),
+                    containers: vec![container],
+                    volumes: Some(vec![common::empty_dir_volume("tmp")]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let pdb = PodDisruptionBudget {
+        metadata: meta(CONTROL_PLANE, Some(ns), CONTROL_PLANE),
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(1)),
+            selector: Some(common::selector(CONTROL_PLANE)),
+            // An unready replica (e.g. stuck on an unreachable API server) must not block
+            // drains: the budget protects serving replicas only.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_string()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    vec![service.into(), deployment.into(), pdb.into()]
+}
+
+/// Prefer replicas on different nodes, so one node failing does not take the control plane.
+/// Preferred, not required: a one-node cluster must still run both.
+fn spread_over_nodes() -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(common::selector(CONTROL_PLANE)),
+                        topology_key: "kubernetes.io/hostname".to_string(),
+                        ..Default::default()
+                    },
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
