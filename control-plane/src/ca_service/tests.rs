@@ -455,3 +455,81 @@ async fn ca_outage_keeps_the_old_certificate_until_expiry() {
     let err = secrets.get(&web).await.unwrap_err();
     assert!(matches!(err, CaError::Expired(_)), "{err}");
 }
+
+/// The CA and the xDS server share the control plane's port: one tonic server on the xDS
+/// server's TLS stack (its self-renewing certificate) carrying both services, one bootstrap
+/// token file authenticating callers of both.
+#[tokio::test]
+async fn ca_and_xds_share_one_port_and_one_token_file() {
+    use mesh::xds::gen::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use mesh::xds::gen::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+
+    let dir = TempDir::new("shared-port");
+    let tokens = dir.0.join("tokens");
+    std::fs::write(&tokens, format!("node-a {TOKEN_A}\n")).unwrap();
+    let bootstrap = Arc::new(BootstrapTokenAuthenticator::from_file(&tokens).unwrap());
+
+    let ca = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
+    let (_state_tx, state_rx) = watch::channel(state(default_pods()));
+    let (snapshots, _debounce) =
+        crate::xds::debounced_snapshots(state_rx.clone(), Duration::from_millis(10));
+    let xds = crate::xds::XdsServer::new(snapshots, Some(bootstrap.clone()));
+    let ca_service = CaService::new(
+        ca.clone(),
+        bootstrap,
+        state_rx,
+        CaServiceConfig::new("cluster.local"),
+    );
+    let tls =
+        crate::xds::tls::server_config(ca.clone(), control_plane_id(), Duration::from_secs(3600))
+            .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(xds.into_service())
+            .add_service(ca_service.into_server())
+            .serve_with_incoming(crate::xds::tls::incoming(listener, tls)),
+    );
+
+    // CA over the shared port.
+    let web = id("default", "web");
+    let client = CaClient::new(CaClientConfig {
+        address: address.clone(),
+        roots: ca.roots().to_vec(),
+        server_identity: control_plane_id(),
+        token: TokenSource::Static(TOKEN_A.into()),
+        lifetime: Duration::from_secs(600),
+        cluster_id: None,
+    })
+    .unwrap();
+    assert_eq!(client.fetch_certificate(&web).await.unwrap().identity, web);
+
+    // xDS on the same port and channel kind, same token: the stream opens and the first
+    // response arrives.
+    let channel =
+        caclient::control_plane_channel(&address, ca.roots(), control_plane_id()).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(DeltaDiscoveryRequest {
+        type_url: "type.googleapis.com/istio.workload.Address".into(),
+        ..DeltaDiscoveryRequest::default()
+    })
+    .await
+    .unwrap();
+    let requests =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let mut request = Request::new(requests);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {TOKEN_A}").parse().unwrap(),
+    );
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+        .delta_aggregated_resources(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = responses.message().await.unwrap().unwrap();
+    assert_eq!(first.type_url, "type.googleapis.com/istio.workload.Address");
+    assert!(!first.resources.is_empty());
+    drop(tx);
+}
