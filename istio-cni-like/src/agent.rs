@@ -33,6 +33,7 @@ pub mod enrollment;
 pub mod exec;
 pub mod http;
 pub mod iptables;
+pub mod kube_source;
 pub mod listeners;
 pub mod metrics;
 pub mod plugin;

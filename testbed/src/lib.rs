@@ -22,6 +22,7 @@
 //!   test panicked.
 
 pub mod fixture;
+pub mod kube_replay;
 mod iptables;
 mod netns;
 mod rules;
