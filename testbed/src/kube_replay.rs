@@ -101,9 +101,7 @@ impl RecordedRequest {
 
     /// The `resourceVersion` parameter, `""` when absent.
     pub fn resource_version(&self) -> &str {
-        self.query
-            .get("resourceVersion")
-            .map_or("", String::as_str)
+        self.query.get("resourceVersion").map_or("", String::as_str)
     }
 
     pub fn param(&self, name: &str) -> Option<&str> {
@@ -121,10 +119,7 @@ pub struct Activity {
 
 impl Activity {
     pub fn watches(&self, resource: &Resource) -> usize {
-        self.open_watches
-            .get(resource.plural)
-            .copied()
-            .unwrap_or(0)
+        self.open_watches.get(resource.plural).copied().unwrap_or(0)
     }
 }
 
@@ -332,7 +327,10 @@ impl KubeReplay {
             if !w.bookmarks {
                 return !w.tx.is_closed();
             }
-            let line = line(&watch_event("BOOKMARK", &bookmark(&resources[w.resource], rv)));
+            let line = line(&watch_event(
+                "BOOKMARK",
+                &bookmark(&resources[w.resource], rv),
+            ));
             w.tx.send(WatchMsg::Line(line)).is_ok()
         });
     }
@@ -379,6 +377,11 @@ impl KubeReplay {
             remaining: count,
             code,
         });
+    }
+
+    /// Lifts every failure scripted with [`fail_next`](Self::fail_next).
+    pub fn clear_failures(&self) {
+        self.shared.lock().failures.clear();
     }
 
     /// Every request received so far, in order.
@@ -516,11 +519,14 @@ impl KubeReplay {
         let res = self.shared.resource_by_kind(kind)?;
         let mut st = self.shared.lock();
         let key = (res, namespace.to_owned(), name.to_owned());
-        let mut obj = st.objects.remove(&key).ok_or_else(|| ReplayError::NotFound {
-            kind: kind.to_owned(),
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        })?;
+        let mut obj = st
+            .objects
+            .remove(&key)
+            .ok_or_else(|| ReplayError::NotFound {
+                kind: kind.to_owned(),
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })?;
         st.rv += 1;
         let rv = st.rv;
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {

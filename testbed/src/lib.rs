@@ -22,8 +22,8 @@
 //!   test panicked.
 
 pub mod fixture;
-pub mod kube_replay;
 mod iptables;
+pub mod kube_replay;
 mod netns;
 mod rules;
 

@@ -434,7 +434,10 @@ async fn watch_resource<K>(
                     }
                 }
                 Err(e) if gone_at_watch_start(&e) => {
-                    info!(resource = what, "watch refused with HTTP 410 Gone; listing again");
+                    info!(
+                        resource = what,
+                        "watch refused with HTTP 410 Gone; listing again"
+                    );
                     break;
                 }
                 Err(e) => log_watch_error(what, &e),

@@ -206,7 +206,10 @@ impl Selector {
                 return Err(bad("a field selector term needs = or !="));
             };
             let key = match &t {
-                Term::Equals(k, _) | Term::NotEquals(k, _) | Term::Exists(k) | Term::NotExists(k) => k,
+                Term::Equals(k, _)
+                | Term::NotEquals(k, _)
+                | Term::Exists(k)
+                | Term::NotExists(k) => k,
             };
             if key.is_empty() {
                 return Err(bad("a term has an empty key"));

@@ -61,10 +61,7 @@ fn full(status: StatusCode, body: &Value) -> Response<Body> {
 }
 
 fn failure(status: StatusCode, reason: &str, message: &str) -> Response<Body> {
-    full(
-        status,
-        &status_failure(status.as_u16(), reason, message),
-    )
+    full(status, &status_failure(status.as_u16(), reason, message))
 }
 
 fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
@@ -99,7 +96,8 @@ fn answer(
     query: Result<std::collections::BTreeMap<String, String>, super::query::QueryError>,
     params: Option<Result<ListWatch, super::query::QueryError>>,
 ) -> Response<Body> {
-    let bad = |e: &dyn std::fmt::Display| failure(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string());
+    let bad =
+        |e: &dyn std::fmt::Display| failure(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string());
     let target = match target {
         Ok(t) => t,
         Err(e) => return failure(StatusCode::NOT_FOUND, "NotFound", &e.to_string()),
@@ -118,7 +116,10 @@ fn answer(
         return failure(
             StatusCode::NOT_FOUND,
             "NotFound",
-            &format!("the server could not find the requested resource ({})", target.plural),
+            &format!(
+                "the server could not find the requested resource ({})",
+                target.plural
+            ),
         );
     };
     let resource = shared.resources[res];
@@ -136,7 +137,11 @@ fn answer(
     {
         rule.remaining -= 1;
         let code = StatusCode::from_u16(rule.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return failure(code, "InternalError", "failure scripted by KubeReplay::fail_next");
+        return failure(
+            code,
+            "InternalError",
+            "failure scripted by KubeReplay::fail_next",
+        );
     }
     st.failures.retain(|f| f.remaining > 0);
     if !resource.namespaced && target.namespace.is_some() {
@@ -148,7 +153,11 @@ fn answer(
     }
 
     if let Some(name) = &target.name {
-        let key = (res, target.namespace.clone().unwrap_or_default(), name.clone());
+        let key = (
+            res,
+            target.namespace.clone().unwrap_or_default(),
+            name.clone(),
+        );
         return match st.objects.get(&key) {
             Some(obj) => full(StatusCode::OK, obj),
             None => failure(
@@ -175,13 +184,11 @@ fn answer(
     let (list_rv, mut items) = match &params.continue_token {
         Some(token) => match st.pages.remove(token) {
             Some(page) => page,
-            None => {
-                return failure(
-                    StatusCode::GONE,
-                    "Expired",
-                    "The provided continue parameter is too old to display a consistent list result.",
-                )
-            }
+            None => return failure(
+                StatusCode::GONE,
+                "Expired",
+                "The provided continue parameter is too old to display a consistent list result.",
+            ),
         },
         None => {
             let items = st
