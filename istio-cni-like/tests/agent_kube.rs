@@ -399,3 +399,134 @@ async fn bad_api_urls_are_typed_errors() {
         assert!(err.contains(bad), "{err}");
     }
 }
+
+/// The `cni-agent` binary with `--kube-api`: its enrollment decisions follow the replayed
+/// cluster, label edits included. No ztunnel runs, so an enrolled pod's ADD fails closed.
+#[test]
+fn cni_agent_binary_decides_from_the_kubernetes_source() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::net::{IpAddr, SocketAddr};
+    use std::os::unix::net::UnixStream;
+
+    use istio_cni_like::protocol::{Command, PodEvent, Reply};
+    use testbed::fixture::{http_get, wait_until, TempDir};
+
+    let mut bed = testbed::TestBed::new("cni_kube_agent").expect("test bed");
+    let node = bed.add_node("n1").unwrap();
+    let app = bed.add_pod(&node, "app").unwrap();
+    let dir = TempDir::new("cni_kube_agent");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Bound inside the node's netns, where the agent runs, so 127.0.0.1 reaches it.
+    let listener = node
+        .netns
+        .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let replay = {
+        let _guard = rt.enter();
+        KubeReplay::start_on(listener, kube_replay::DEFAULT_RESOURCES.to_vec()).unwrap()
+    };
+    replay.apply(plain_ns("shop")).unwrap();
+    let mut app_obj = pod("shop", &app.name, &node.name, &app.ip.to_string());
+    app_obj["metadata"]["uid"] = json!("uid-app");
+    replay.apply(app_obj).unwrap();
+
+    let log_path = dir.0.join("cni-agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let plugin_socket = dir.0.join("plugin.sock");
+    let ready_port = 25121;
+    let mut child = node
+        .netns
+        .command(env!("CARGO_BIN_EXE_cni-agent"))
+        .args(["--kube-api", &replay.url(), "--node-name", &node.name])
+        .arg("--plugin-socket")
+        .arg(&plugin_socket)
+        .arg("--zds-socket")
+        .arg(dir.0.join("zds.sock"))
+        .arg("--state-dir")
+        .arg(dir.0.join("state"))
+        .args(["--add-timeout", "1s", "--health-interval", "1h"])
+        .args(["--metrics-addr", "0.0.0.0:25120"])
+        .args(["--readiness-addr", &format!("0.0.0.0:{ready_port}")])
+        .args(["--admin-addr", "127.0.0.1:25100"])
+        .args(["--pod-cidr", "10.1.0.0/24"])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn cni-agent");
+    struct Kill(std::process::Child, std::path::PathBuf);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            if std::thread::panicking() {
+                eprintln!(
+                    "--- cni-agent log ---\n{}",
+                    std::fs::read_to_string(&self.1).unwrap_or_default()
+                );
+            }
+        }
+    }
+    let ready_addr = SocketAddr::new(IpAddr::V4(node.ip), ready_port);
+    wait_until("cni-agent readiness", Duration::from_secs(20), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "cni-agent exited ({status}):\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        matches!(
+            http_get(&node.netns, ready_addr, "/healthz/ready"),
+            Ok((200, _))
+        )
+    });
+    let _child = Kill(child, log_path);
+
+    let add = || -> Reply {
+        let event = PodEvent {
+            command: Command::Add,
+            container_id: "ctr-app".into(),
+            netns: app.netns.path().display().to_string(),
+            pod_name: app.name.clone(),
+            pod_namespace: "shop".into(),
+            pod_uid: "uid-app".into(),
+            pod_ips: vec![IpAddr::V4(app.ip)],
+        };
+        let mut s = UnixStream::connect(&plugin_socket).expect("plugin socket");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        writeln!(s, "{}", serde_json::to_string(&event).unwrap()).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?}: {e}"))
+    };
+    assert_eq!(
+        add(),
+        Reply::NotEnrolled,
+        "namespace shop is not ambient yet"
+    );
+    let reqs = replay.requests();
+    assert!(
+        reqs.iter()
+            .any(|r| r.is_list(&POD) && r.param("fieldSelector") == Some("spec.nodeName=n1")),
+        "{reqs:#?}"
+    );
+
+    // Label the namespace over the API: the agent now captures the pod, which without a
+    // ztunnel to acknowledge it means a failed (retried) ADD, never a pod left uncaptured.
+    replay.apply(ambient_ns("shop")).unwrap();
+    wait_until(
+        "the agent to see the label",
+        Duration::from_secs(20),
+        || match add() {
+            Reply::NotEnrolled => false,
+            Reply::Failed { message } => {
+                assert!(message.contains("ztunnel"), "{message}");
+                true
+            }
+            other => panic!("unexpected reply {other:?}"),
+        },
+    );
+    drop(replay);
+    drop(rt);
+}

@@ -240,6 +240,24 @@ impl KubeReplay {
     /// Serves `resources` on an ephemeral port of 127.0.0.1.
     pub async fn start_with(resources: Vec<Resource>) -> std::io::Result<KubeReplay> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        KubeReplay::serve(listener, resources)
+    }
+
+    /// Serves `resources` on a listener bound elsewhere — e.g. inside a test-bed node's netns
+    /// (`node.netns.run(|| std::net::TcpListener::bind("127.0.0.1:0"))`), where a process of
+    /// that node can reach it. Needs a tokio runtime.
+    pub fn start_on(
+        listener: std::net::TcpListener,
+        resources: Vec<Resource>,
+    ) -> std::io::Result<KubeReplay> {
+        listener.set_nonblocking(true)?;
+        KubeReplay::serve(tokio::net::TcpListener::from_std(listener)?, resources)
+    }
+
+    fn serve(
+        listener: tokio::net::TcpListener,
+        resources: Vec<Resource>,
+    ) -> std::io::Result<KubeReplay> {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             resources,
