@@ -2,9 +2,10 @@
 //! hands their network namespaces to ztunnel over ZDS and keeps checking that capture holds.
 //!
 //! # Architecture
-//! - One tokio runtime (two workers). Tasks: the pod source poller, the ZDS accept loop, the
-//!   plugin socket accept loop (one task per request), the reconcile loop (re-decides pods on
-//!   every source change), the health loop, and three HTTP servers.
+//! - One tokio runtime (two workers). Tasks: the pod source (folder poller, or Kubernetes
+//!   watchers of this node's pods and all namespaces), the ZDS accept loop, the plugin socket
+//!   accept loop (one task per request), the reconcile loop (re-decides pods on every source
+//!   change), the health loop, and three HTTP servers.
 //! - Every pod operation (plugin request, reconcile pass, health pass) runs under one async lock
 //!   in [`capture::Agent`], so they never interleave on a pod.
 //! - Ports: metrics (default `[::]:15020`), readiness (`[::]:15021`, `/healthz/ready`), admin
@@ -33,6 +34,7 @@ pub mod enrollment;
 pub mod exec;
 pub mod http;
 pub mod iptables;
+pub mod kube_source;
 pub mod listeners;
 pub mod metrics;
 pub mod plugin;
@@ -71,6 +73,15 @@ pub enum AgentError {
     },
     #[error("the pod source stopped before its first sync")]
     SourceGone,
+    #[error(transparent)]
+    SourceConfig(#[from] config::SourceConfigError),
+    #[error(transparent)]
+    Kube(#[from] kube_source::KubeSourceError),
+}
+
+/// Whether this process runs in a Kubernetes pod (the kubelet sets this for every container).
+fn in_cluster() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty())
 }
 
 async fn bind_tcp(
@@ -92,6 +103,18 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let base = cfg.base_redirect();
     base.validate()?;
     let families = cfg.families();
+    // Decided before anything is bound or installed: a node without a pod source must not
+    // half-start.
+    enum Prepared {
+        Folder(std::path::PathBuf),
+        Kube(kube::Client, String, Option<String>),
+    }
+    let source_choice = match cfg.source_choice(in_cluster())? {
+        config::SourceChoice::Folder(dir) => Prepared::Folder(dir),
+        config::SourceChoice::Kube { api, node } => {
+            Prepared::Kube(kube_source::client(api.as_deref()).await?, node, api)
+        }
+    };
 
     let metrics_listener = bind_tcp("metrics address", cfg.metrics_addr).await?;
     let readiness_listener = bind_tcp("readiness address", cfg.readiness_addr).await?;
@@ -123,7 +146,23 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         .await
         .map_err(AgentError::ProbeSnat)?;
 
-    let source = FolderSource::start(cfg.local_dir.clone(), cfg.local_poll, cfg.node_name.clone());
+    let source: Box<dyn PodSource> = match source_choice {
+        Prepared::Folder(dir) => {
+            info!(dir = %dir.display(), "pod source: manifest folder");
+            Box::new(FolderSource::start(
+                dir,
+                cfg.local_poll,
+                cfg.node_name.clone(),
+            ))
+        }
+        Prepared::Kube(client, node, api) => {
+            info!(%node, api = api.as_deref().unwrap_or("in-cluster/kubeconfig"), "pod source: Kubernetes");
+            Box::new(kube_source::KubeSource::start(
+                client,
+                kube_source::KubeSettings::new(node),
+            ))
+        }
+    };
     let mut view = source.subscribe();
     let metrics = Arc::new(metrics::Metrics::default());
     let agent = Arc::new(Agent::new(

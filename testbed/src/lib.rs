@@ -23,6 +23,7 @@
 
 pub mod fixture;
 mod iptables;
+pub mod kube_replay;
 mod netns;
 mod rules;
 

@@ -14,10 +14,18 @@ use super::iptables::Flavour;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "cni-agent", about = "ambit node agent: pod capture and ZDS")]
 pub struct AgentConfig {
-    /// Folder of Namespace/Pod manifests (YAML/JSON) to take as the cluster's truth. The
-    /// Kubernetes watch source is not implemented yet, so this is required.
-    #[arg(long, env = "AMBIT_CNI_LOCAL_DIR")]
-    pub local_dir: PathBuf,
+    /// Folder of Namespace/Pod manifests (YAML/JSON) to take as the cluster's truth, instead of
+    /// Kubernetes.
+    #[arg(long, env = "AMBIT_CNI_LOCAL_DIR", conflicts_with_all = ["kube", "kube_api"])]
+    pub local_dir: Option<PathBuf>,
+    /// Watch pods and namespaces on the Kubernetes API (in-cluster service account, else the
+    /// kubeconfig). Implied when `KUBERNETES_SERVICE_HOST` is set and no `--local-dir` is given.
+    #[arg(long, env = "AMBIT_CNI_KUBE", action = clap::ArgAction::SetTrue)]
+    pub kube: bool,
+    /// Kubernetes API URL to use instead of the in-cluster/kubeconfig one, without credentials
+    /// (e.g. `http://127.0.0.1:8001` of `kubectl proxy`). Implies `--kube`.
+    #[arg(long, env = "AMBIT_CNI_KUBE_API")]
+    pub kube_api: Option<String>,
     /// How often the manifest folder is re-read.
     #[arg(long, env = "AMBIT_CNI_LOCAL_POLL", default_value = "250ms", value_parser = parse_duration)]
     pub local_poll: Duration,
@@ -80,7 +88,46 @@ pub struct AgentConfig {
     pub ztunnel_mark: u32,
 }
 
+/// Where the agent learns pods and namespaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceChoice {
+    /// A local folder of manifests.
+    Folder(PathBuf),
+    /// The Kubernetes API: `api` when given, else in-cluster/kubeconfig; pods of `node` only.
+    Kube { api: Option<String>, node: String },
+}
+
+/// The flags do not say where pods come from, or not enough of it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceConfigError {
+    #[error("no pod source: pass --local-dir DIR, or --kube (implied inside a Kubernetes pod)")]
+    None,
+    #[error("the Kubernetes source needs this node's name (--node-name or NODE_NAME): without it every pod of the cluster would be captured here")]
+    NoNodeName,
+}
+
 impl AgentConfig {
+    /// Picks the pod source: `--local-dir` when given; else Kubernetes when asked for
+    /// (`--kube`, `--kube-api`) or when running in a pod (`in_cluster`: the environment has
+    /// `KUBERNETES_SERVICE_HOST`).
+    pub fn source_choice(&self, in_cluster: bool) -> Result<SourceChoice, SourceConfigError> {
+        if let Some(dir) = &self.local_dir {
+            return Ok(SourceChoice::Folder(dir.clone()));
+        }
+        if !(self.kube || self.kube_api.is_some() || in_cluster) {
+            return Err(SourceConfigError::None);
+        }
+        let node = self
+            .node_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or(SourceConfigError::NoNodeName)?;
+        Ok(SourceChoice::Kube {
+            api: self.kube_api.clone(),
+            node,
+        })
+    }
+
     /// The redirect config every enrolled pod starts from (annotations add exclusions).
     pub fn base_redirect(&self) -> RedirectConfig {
         RedirectConfig {
@@ -173,5 +220,51 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("ebpf"), "{err}");
+    }
+
+    #[test]
+    fn source_choice() {
+        let parse = |args: &[&str]| {
+            AgentConfig::try_parse_from(std::iter::once("cni-agent").chain(args.iter().copied()))
+        };
+        let folder = parse(&["--local-dir", "/m"]).unwrap();
+        assert_eq!(
+            folder.source_choice(true),
+            Ok(SourceChoice::Folder("/m".into())),
+            "an explicit folder wins even inside a cluster"
+        );
+        let nothing = parse(&[]).unwrap();
+        assert_eq!(nothing.source_choice(false), Err(SourceConfigError::None));
+        assert_eq!(
+            nothing.source_choice(true),
+            Err(SourceConfigError::NoNodeName),
+            "in a pod the Kubernetes source is implied, and needs the node name"
+        );
+        let in_pod = parse(&["--node-name", "n1"]).unwrap();
+        assert_eq!(
+            in_pod.source_choice(true),
+            Ok(SourceChoice::Kube {
+                api: None,
+                node: "n1".into()
+            })
+        );
+        assert_eq!(in_pod.source_choice(false), Err(SourceConfigError::None));
+        let kube = parse(&["--kube", "--node-name", "n1"]).unwrap();
+        assert!(matches!(
+            kube.source_choice(false),
+            Ok(SourceChoice::Kube { api: None, .. })
+        ));
+        let api = parse(&["--kube-api", "http://127.0.0.1:8001", "--node-name", "n1"]).unwrap();
+        assert_eq!(
+            api.source_choice(false),
+            Ok(SourceChoice::Kube {
+                api: Some("http://127.0.0.1:8001".into()),
+                node: "n1".into()
+            })
+        );
+        let err = parse(&["--local-dir", "/m", "--kube"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--kube"), "{err}");
     }
 }

@@ -8,7 +8,7 @@
 //! - A file that stops parsing keeps contributing its last good objects (and the problem is
 //!   logged once per change, naming file and document): a half-saved edit must not unenroll pods.
 //!
-//! A Kubernetes (watch) source is not implemented yet; it would implement [`PodSource`] the same
+//! The Kubernetes watch source ([`super::kube_source::KubeSource`]) implements [`PodSource`] the same
 //! way, publishing the pods of this node and all namespaces.
 
 use std::collections::{BTreeMap, HashMap};
