@@ -108,13 +108,8 @@ pub fn client_config(
     if expected.is_empty() {
         return Err(TlsError::NoExpectedIdentities);
     }
-    let provider = provider();
-    let verifier = SpiffeServerVerifier {
-        roots: root_store(&cert.roots)?,
-        expected,
-        algorithms: provider.signature_verification_algorithms,
-    };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let verifier = SpiffeServerVerifier::new(&cert.roots, ExpectedIdentities(expected))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
@@ -151,32 +146,83 @@ fn identity_failure(e: PeerIdentityError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
 }
 
-/// Client-side verifier: chain to the roots (no hostname), then an expected SPIFFE id.
-struct SpiffeServerVerifier {
+/// What a client accepts once the server's chain reached the trust roots. One verifier
+/// ([`SpiffeServerVerifier`]) does the chain and signature checks for every TLS client in the
+/// mesh; the implementations of this trait only say which server is the right one.
+pub trait ServerAcceptance: fmt::Debug + Send + Sync + 'static {
+    /// `found` are the leaf's SPIFFE ids, in order. An `Err` says why the server is refused.
+    fn accept(
+        &self,
+        found: &[Identity],
+        leaf: &ParsedCertificate<'_>,
+        server_name: &ServerName<'_>,
+    ) -> Result<(), Arc<dyn std::error::Error + Send + Sync>>;
+}
+
+/// HBONE: the server must prove one of the destination's expected identities.
+#[derive(Debug)]
+struct ExpectedIdentities(Vec<Identity>);
+
+impl ServerAcceptance for ExpectedIdentities {
+    fn accept(
+        &self,
+        found: &[Identity],
+        _leaf: &ParsedCertificate<'_>,
+        _server_name: &ServerName<'_>,
+    ) -> Result<(), Arc<dyn std::error::Error + Send + Sync>> {
+        if found.iter().any(|id| self.0.contains(id)) {
+            return Ok(());
+        }
+        let e = PeerIdentityError::Unexpected {
+            found: found.iter().map(ToString::to_string).collect(),
+            expected: self.0.iter().map(ToString::to_string).collect(),
+        };
+        tracing::debug!(error = %e, "peer certificate rejected");
+        Err(Arc::new(e))
+    }
+}
+
+/// Client-side verifier: chain to the roots (no hostname check: servers are identified by
+/// SPIFFE id, not by name), then whatever `acceptance` requires of the leaf.
+pub struct SpiffeServerVerifier<A> {
     roots: Arc<RootCertStore>,
-    expected: Vec<Identity>,
+    acceptance: A,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl fmt::Debug for SpiffeServerVerifier {
+impl<A: ServerAcceptance> SpiffeServerVerifier<A> {
+    /// A verifier trusting exactly `roots` (at least one).
+    pub fn new(roots: &[CertificateDer<'static>], acceptance: A) -> Result<Self, TlsError> {
+        let store = root_store(roots)?;
+        if store.is_empty() {
+            return Err(TlsError::BadRoot("no root certificates".to_string()));
+        }
+        Ok(SpiffeServerVerifier {
+            roots: store,
+            acceptance,
+            algorithms: provider().signature_verification_algorithms,
+        })
+    }
+}
+
+impl<A: fmt::Debug> fmt::Debug for SpiffeServerVerifier<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpiffeServerVerifier")
-            .field("expected", &self.expected)
+            .field("acceptance", &self.acceptance)
             .finish_non_exhaustive()
     }
 }
 
-impl ServerCertVerifier for SpiffeServerVerifier {
+impl<A: ServerAcceptance> ServerCertVerifier for SpiffeServerVerifier<A> {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        // The same chain validation WebPkiServerVerifier performs, minus the hostname check:
-        // HBONE servers are identified by SPIFFE id, not by name.
+        // The same chain validation WebPkiServerVerifier performs, minus the hostname check.
         let parsed = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &parsed,
@@ -186,13 +232,12 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             self.algorithms.all,
         )?;
         let found = spiffe_ids_of(end_entity);
-        if found.iter().any(|id| self.expected.contains(id)) {
-            return Ok(ServerCertVerified::assertion());
+        match self.acceptance.accept(&found, &parsed, server_name) {
+            Ok(()) => Ok(ServerCertVerified::assertion()),
+            Err(e) => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(e),
+            ))),
         }
-        Err(identity_failure(PeerIdentityError::Unexpected {
-            found: found.iter().map(ToString::to_string).collect(),
-            expected: self.expected.iter().map(ToString::to_string).collect(),
-        }))
     }
 
     fn verify_tls12_signature(

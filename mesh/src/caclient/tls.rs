@@ -6,7 +6,6 @@
 //! SPIFFE id); callers authenticate with a bearer token inside gRPC, so no client certificate
 //! is asked for (a node agent has none before its first CA call anyway).
 
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -19,16 +18,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::verify_server_cert_signed_by_trust_anchor;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::server::ParsedCertificate;
-use rustls::{CertificateError, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName};
 
-use crate::cert::{spiffe_ids_of, WorkloadCertificate};
+use crate::cert::WorkloadCertificate;
 use crate::identity::Identity;
-use crate::tls::{provider, TlsError, ALPN_H2};
+use crate::tls::{provider, ServerAcceptance, SpiffeServerVerifier, TlsError, ALPN_H2};
 
 /// The control plane's certificate does not prove the expected identity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,22 +43,8 @@ pub fn control_plane_client_config(
     roots: &[CertificateDer<'static>],
     expected: Identity,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let provider = provider();
-    let mut store = RootCertStore::empty();
-    for root in roots {
-        store
-            .add(root.clone())
-            .map_err(|e| TlsError::BadRoot(e.to_string()))?;
-    }
-    if store.is_empty() {
-        return Err(TlsError::BadRoot("no root certificates".to_string()));
-    }
-    let verifier = ControlPlaneVerifier {
-        roots: Arc::new(store),
-        expected,
-        algorithms: provider.signature_verification_algorithms,
-    };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let verifier = SpiffeServerVerifier::new(roots, ControlPlaneIdentity(expected))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
@@ -75,71 +56,26 @@ pub fn control_plane_client_config(
     Ok(Arc::new(config))
 }
 
-struct ControlPlaneVerifier {
-    roots: Arc<RootCertStore>,
-    expected: Identity,
-    algorithms: WebPkiSupportedAlgorithms,
-}
+/// The control plane must prove exactly this identity.
+#[derive(Debug)]
+struct ControlPlaneIdentity(Identity);
 
-impl fmt::Debug for ControlPlaneVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ControlPlaneVerifier")
-            .field("expected", &self.expected.to_string())
-            .finish_non_exhaustive()
-    }
-}
-
-impl ServerCertVerifier for ControlPlaneVerifier {
-    fn verify_server_cert(
+impl ServerAcceptance for ControlPlaneIdentity {
+    fn accept(
         &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
+        found: &[Identity],
+        _leaf: &ParsedCertificate<'_>,
         _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        let found = spiffe_ids_of(end_entity);
-        if found.contains(&self.expected) {
-            return Ok(ServerCertVerified::assertion());
+    ) -> Result<(), Arc<dyn std::error::Error + Send + Sync>> {
+        if found.contains(&self.0) {
+            return Ok(());
         }
         let e = ControlPlaneIdentityError {
             found: found.iter().map(ToString::to_string).collect(),
-            expected: self.expected.to_string(),
+            expected: self.0.to_string(),
         };
         tracing::warn!(error = %e, "control plane certificate rejected");
-        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-            OtherError(Arc::new(e)),
-        )))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        Err(Arc::new(e))
     }
 }
 

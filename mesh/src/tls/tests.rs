@@ -28,11 +28,8 @@ fn custom_client(
         rustls_pki_types::PrivateKeyDer<'static>,
     )>,
 ) -> Arc<rustls::ClientConfig> {
-    let verifier = SpiffeServerVerifier {
-        roots: root_store(roots).unwrap(),
-        expected: vec![id(expected)],
-        algorithms: provider.signature_verification_algorithms,
-    };
+    let verifier =
+        SpiffeServerVerifier::new(roots, ExpectedIdentities(vec![id(expected)])).unwrap();
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()

@@ -16,14 +16,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
-use mesh::cert::spiffe_ids_of;
 use mesh::identity::Identity;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
+use mesh::tls::{ServerAcceptance, SpiffeServerVerifier};
+use rustls::client::verify_server_name;
 use rustls::server::ParsedCertificate;
-use rustls::{CertificateError, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -90,19 +87,9 @@ pub fn client_config(
     roots: &[CertificateDer<'static>],
     identity: ServerIdentity,
 ) -> Result<Arc<rustls::ClientConfig>, XdsTlsError> {
-    let provider = mesh::tls::provider();
-    let mut store = RootCertStore::empty();
-    for root in roots {
-        store
-            .add(root.clone())
-            .map_err(|e| XdsTlsError::BadRoot(e.to_string()))?;
-    }
-    let verifier = ControlPlaneVerifier {
-        roots: Arc::new(store),
-        identity,
-        algorithms: provider.signature_verification_algorithms,
-    };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let verifier = SpiffeServerVerifier::new(roots, identity)
+        .map_err(|e| XdsTlsError::BadRoot(e.to_string()))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(mesh::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
@@ -111,74 +98,22 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
-struct ControlPlaneVerifier {
-    roots: Arc<RootCertStore>,
-    identity: ServerIdentity,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl fmt::Debug for ControlPlaneVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ControlPlaneVerifier")
-            .field("identity", &self.identity)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ServerCertVerifier for ControlPlaneVerifier {
-    fn verify_server_cert(
+impl ServerAcceptance for ServerIdentity {
+    fn accept(
         &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
+        found: &[Identity],
+        leaf: &ParsedCertificate<'_>,
         server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        let found = spiffe_ids_of(end_entity);
-        if found.iter().any(|id| self.identity.accepts(id)) {
-            return Ok(ServerCertVerified::assertion());
+    ) -> Result<(), Arc<dyn std::error::Error + Send + Sync>> {
+        if found.iter().any(|id| self.accepts(id)) || verify_server_name(leaf, server_name).is_ok()
+        {
+            return Ok(());
         }
-        if verify_server_name(&parsed, server_name).is_ok() {
-            return Ok(ServerCertVerified::assertion());
-        }
-        let err = UnexpectedServer {
+        Err(Arc::new(UnexpectedServer {
             host: server_name.to_str().into_owned(),
-            expected: self.identity.to_string(),
+            expected: self.to_string(),
             found: found.iter().map(ToString::to_string).collect(),
-        };
-        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-            OtherError(Arc::new(err)),
-        )))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        }))
     }
 }
 
