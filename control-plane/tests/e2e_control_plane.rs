@@ -93,3 +93,107 @@ fn adding_a_pod_file_makes_the_pod_reachable() {
     let (mut conn, _) = try_greeting(&m.client, m.echo.addr).unwrap();
     assert_eq!(conn.echo("now known").unwrap(), "now known");
 }
+
+/// A node's token obtains certificates for pods on that node only: asking for the identity of
+/// a pod on another node is refused with PermissionDenied and logged by the control plane.
+#[test]
+fn node_token_cannot_obtain_an_identity_of_another_nodes_pod() {
+    use mesh::caclient::{CaClient, CaClientConfig, CaClientError, TokenSource};
+    use mesh::identity::Identity;
+
+    let mut fx = Fixture::new("cp-nodeauthz", ztunnel_binary());
+    let host = fx.bed.add_host("cp").expect("host");
+    let n1 = fx.add_node("n1");
+    let n2 = fx.add_node("n2");
+    let client = fx.add_plain_pod(&n1, "client");
+    let server = fx.add_plain_pod(&n2, "server");
+    let config = config_dir(&fx);
+    write_atomic(&config.join("ns.yaml"), &namespace_yaml("default", true));
+    write_atomic(
+        &config.join("pods.yaml"),
+        &format!(
+            "{}---\n{}",
+            k8s_pod_yaml(&client, "default", "client-sa", &[]),
+            k8s_pod_yaml(&server, "default", "server-sa", SERVER_LABELS)
+        ),
+    );
+    let cp = ControlPlane::start(&fx, &host);
+
+    let roots = mesh::ca::CertificateAuthority::from_cacerts_dir(&fx.ca_dir)
+        .unwrap()
+        .roots()
+        .to_vec();
+    let client_id = Identity::new("cluster.local", "default", "client-sa").unwrap();
+    let server_id = Identity::new("cluster.local", "default", "server-sa").unwrap();
+    let address = cp.address();
+    // From n1's network, as n1's ztunnel would ask.
+    let (own, other) = n1.netns.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ca = CaClient::new(CaClientConfig {
+                address,
+                roots,
+                server_identity: Identity::new(
+                    "cluster.local",
+                    "istio-system",
+                    "ambit-control-plane",
+                )
+                .unwrap(),
+                token: TokenSource::Static(TOKEN_N1.into()),
+                lifetime: Duration::from_secs(600),
+                cluster_id: None,
+            })
+            .unwrap();
+            (
+                ca.fetch_certificate(&client_id).await,
+                ca.fetch_certificate(&server_id).await,
+            )
+        })
+    });
+    assert_eq!(
+        own.expect("n1 may have its own pod's identity")
+            .identity
+            .to_string(),
+        format!("{ID_PREFIX}default/sa/client-sa")
+    );
+    match other {
+        Err(CaClientError::Rpc { code, .. }) => {
+            assert_eq!(code, tonic::Code::PermissionDenied)
+        }
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+    let log = cp.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("not authorized") && l.contains("n1") && l.contains("server-sa")),
+        "refusal not logged with caller and identity:\n{log}"
+    );
+}
+
+/// Without the control plane, traffic keeps flowing (old and new connections); a change made
+/// while it was down takes effect once it is back and the ztunnels resync.
+#[test]
+fn traffic_survives_control_plane_outage_and_ztunnels_resync_after_restart() {
+    let mut m = mesh("cp-outage", true);
+    let (mut live, _) = try_greeting(&m.client, m.echo.addr).expect("connect via mesh");
+    assert_eq!(live.echo("before").unwrap(), "before");
+
+    assert!(m.cp.terminate().success(), "control plane exit status");
+    assert_eq!(live.echo("during").unwrap(), "during");
+    let (mut fresh, _) = try_greeting(&m.client, m.echo.addr).expect("new connection while down");
+    assert_eq!(fresh.echo("new while down").unwrap(), "new while down");
+    drop(fresh);
+
+    // Changed while nobody serves it.
+    m.cp.write("deny.yaml", &deny_client_policy());
+    assert_eq!(live.echo("still allowed").unwrap(), "still allowed");
+
+    m.cp.spawn();
+    // The ztunnels reconnect (with backoff) and receive the policy: the live connection closes
+    // and new ones are refused.
+    wait_for_close(&mut live, Duration::from_secs(10));
+    assert!(try_greeting(&m.client, m.echo.addr).is_err());
+}
