@@ -9,6 +9,7 @@
 pub mod ca_service;
 pub mod folder;
 pub mod objects;
+pub mod run;
 pub mod translate;
 pub mod xds;
 

@@ -8,8 +8,8 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Service, ServiceAccount,
-    ServicePort, ServiceSpec, WeightedPodAffinityTerm,
+    Affinity, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, SecretVolumeSource,
+    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -127,10 +127,29 @@ pub fn workload(opts: &Options) -> Vec<Object> {
         env_field("POD_NAME", "metadata.name"),
         env_field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
     ]);
+    // Kubernetes watches as the source; the signing CA from Istio's `cacerts` Secret. No
+    // `--ca-store`: an emptyDir store would give each replica its own root. Until the
+    // `ambit-ca-root` Secret store exists, the plug-in CA is what both replicas share.
+    container.args = Some(
+        [
+            "--kube",
+            "--cacerts",
+            CACERTS_PATH,
+            "--listen",
+            "[::]:15012",
+            "--readiness-addr",
+            "[::]:15021",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect(),
+    );
     container.readiness_probe = Some(common::readiness_probe());
     container.resources = Some(common::resources("100m", "128Mi", Some("1"), "512Mi"));
     container.security_context = Some(common::non_root_security_context());
-    container.volume_mounts = Some(vec![common::mount("tmp", "/tmp")]);
+    let mut cacerts_mount = common::mount("cacerts", CACERTS_PATH);
+    cacerts_mount.read_only = Some(true);
+    container.volume_mounts = Some(vec![common::mount("tmp", "/tmp"), cacerts_mount]);
 
     let deployment = Deployment {
         metadata: meta(CONTROL_PLANE, Some(ns), CONTROL_PLANE),
@@ -147,7 +166,7 @@ pub fn workload(opts: &Options) -> Vec<Object> {
                     node_selector: Some(common::node_selector_linux()),
                     affinity: Some(spread_over_nodes()),
                     containers: vec![container],
-                    volumes: Some(vec![common::empty_dir_volume("tmp")]),
+                    volumes: Some(vec![common::empty_dir_volume("tmp"), cacerts_volume()]),
                     ..Default::default()
                 }),
             },
@@ -170,6 +189,22 @@ pub fn workload(opts: &Options) -> Vec<Object> {
     };
 
     vec![service.into(), deployment.into(), pdb.into()]
+}
+
+/// Where the plug-in CA is mounted.
+const CACERTS_PATH: &str = "/etc/cacerts";
+
+/// Istio's `cacerts` Secret, optional as with istiod: absent means "no plug-in CA".
+fn cacerts_volume() -> Volume {
+    Volume {
+        name: "cacerts".to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some("cacerts".to_string()),
+            optional: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// Prefer replicas on different nodes, so one node failing does not take the control plane.

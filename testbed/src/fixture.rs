@@ -499,3 +499,65 @@ pub fn workload_yaml(
     }
     s
 }
+
+impl Fixture {
+    /// Starts a shared-mode ztunnel whose config and certificate sources come only from `env`
+    /// (e.g. XDS_ADDRESS + CA_ADDRESS of a control plane): unlike [`Fixture::start_ztunnel`],
+    /// LOCAL_XDS_PATH and AMBIT_CA_DIR are not set, since ztunnel refuses both sources at once.
+    pub fn start_ztunnel_with_env(&self, node: &Node, env: &[(&str, &str)]) -> Ztunnel {
+        let uds = self.dir.0.join(format!("zds-{}.sock", node.name));
+        let log = self.dir.0.join(format!("ztunnel-{}.log", node.name));
+        let agent = Agent::new(&uds);
+        let mut all: Vec<(String, String)> = [
+            ("INPOD_UDS", uds.to_str().unwrap()),
+            ("PROXY_MODE", "shared"),
+            ("LOG_FORMAT", "json"),
+            ("RUST_LOG", "info"),
+            ("ZTUNNEL_WORKER_THREADS", "1"),
+            ("AMBIT_DRAIN_DEADLINE", "10s"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in env {
+            all.retain(|(ek, _)| ek != k);
+            all.push((k.to_string(), v.to_string()));
+        }
+        let mut zt = Ztunnel {
+            child: None,
+            node: node.clone(),
+            uds,
+            log,
+            agent,
+            env: all,
+            binary: self.ztunnel.clone(),
+        };
+        zt.spawn();
+        zt
+    }
+}
+
+/// A Namespace manifest, labelled for ambient capture when `ambient`.
+pub fn namespace_yaml(name: &str, ambient: bool) -> String {
+    let labels = if ambient {
+        "{istio.io/dataplane-mode: ambient}"
+    } else {
+        "{}"
+    };
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels: {labels}\n")
+}
+
+/// A Kubernetes Pod manifest for a test-bed pod (uid = pod name), as the control plane reads it.
+pub fn k8s_pod_yaml(pod: &Pod, namespace: &str, sa: &str, labels: &[(&str, &str)]) -> String {
+    let labels: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}: \"{v}\""))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  uid: {name}\n  labels: {{{labels}}}\nspec:\n  nodeName: {node}\n  serviceAccountName: {sa}\nstatus:\n  podIP: {ip}\n",
+        name = pod.name,
+        node = pod.node,
+        ip = pod.ip,
+        labels = labels.join(", "),
+    )
+}

@@ -1,0 +1,206 @@
+//! The control-plane process: wires a config source (a watched local folder), the mesh CA,
+//! the xDS server and the CA service on one mTLS port, plus a readiness endpoint.
+//!
+//! Data flow: folder → [`translate_folder`] → `State` on a watch channel → (a) debounced xDS
+//! snapshots pushed to every ztunnel, (b) the CA service's node authorization, which always
+//! judges against the newest state.
+
+mod readiness;
+mod source;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh::ca::{CaError, CertificateAuthority};
+use mesh::identity::Identity;
+use tokio::net::TcpListener;
+
+use crate::ca_service::auth::{BootstrapTokenAuthenticator, TokenFileError};
+use crate::ca_service::root::{self, LocalDirStore, RootError, RootStore};
+use crate::ca_service::{CaService, CaServiceConfig};
+use crate::folder::FolderError;
+use crate::translate::TranslateConfig;
+use crate::xds::{self, XdsServer};
+
+pub use readiness::Readiness;
+pub use source::{FolderSource, DEFAULT_POLL};
+
+/// How long a stopping control plane waits for open streams to finish.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Everything the process needs, already validated by the binary's flag parsing.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The watched folder of YAML (the only config source implemented so far).
+    pub local_dir: PathBuf,
+    /// Plug-in CA directory (Istio `cacerts` layout).
+    pub cacerts: Option<PathBuf>,
+    /// Where a generated root is persisted (0700 directory, 0600 key).
+    pub ca_store: Option<PathBuf>,
+    /// Per-node bootstrap tokens (`<node> <token>` lines) for xDS and CA callers.
+    pub bootstrap_tokens: PathBuf,
+    /// The xDS + CA port (15012).
+    pub listen: SocketAddr,
+    /// `/healthz/ready`.
+    pub readiness: SocketAddr,
+    pub trust_domain: String,
+    /// The SPIFFE id of the control plane's own serving certificate.
+    pub identity: Identity,
+    /// How often the folder is checked for changes.
+    pub poll: Duration,
+    /// xDS debounce window.
+    pub debounce: Duration,
+    /// Lifetime of the control plane's serving certificate (renewed at half-life).
+    pub serving_cert_lifetime: Duration,
+}
+
+/// Why the control plane could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("--local-dir: {0}")]
+    Folder(#[from] FolderError),
+    #[error("root of trust: {0}")]
+    Root(#[from] RootError),
+    #[error("--bootstrap-tokens: {0}")]
+    Tokens(#[from] TokenFileError),
+    #[error("serving certificate: {0}")]
+    Tls(#[from] xds::tls::TlsSetupError),
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server on {addr}: {source}")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// A store for when only a plug-in directory was given: nothing is stored, and generating a
+/// root is refused, because a root generated without a store would change on every restart and
+/// silently invalidate every certificate in the mesh.
+struct NoStore(PathBuf);
+
+impl RootStore for NoStore {
+    fn describe(&self) -> String {
+        format!("no --ca-store (plug-in CA {} expected)", self.0.display())
+    }
+    fn load(&self) -> Result<Option<CertificateAuthority>, RootError> {
+        Ok(None)
+    }
+    fn store(&self, _: &CertificateAuthority) -> Result<(), RootError> {
+        Err(RootError::Store {
+            store: self.describe(),
+            source: CaError::Write {
+                path: self.0.clone(),
+                reason: "the plug-in CA directory has no CA files and no --ca-store was given \
+                         to persist a generated root"
+                    .to_string(),
+            },
+        })
+    }
+}
+
+/// Picks the signing CA: plug-in, else stored, else generated and persisted.
+pub fn load_ca(opts: &Options) -> Result<CertificateAuthority, RunError> {
+    let store: Box<dyn RootStore> = match (&opts.ca_store, &opts.cacerts) {
+        (Some(dir), _) => Box::new(LocalDirStore { dir: dir.clone() }),
+        (None, Some(plug_in)) => Box::new(NoStore(plug_in.clone())),
+        // The binary's flag parsing requires one of the two.
+        (None, None) => Box::new(NoStore(PathBuf::from("<none>"))),
+    };
+    let (ca, origin) =
+        root::load_or_create(opts.cacerts.as_deref(), store.as_ref(), &opts.trust_domain)?;
+    tracing::info!(?origin, "mesh CA loaded");
+    Ok(ca)
+}
+
+/// Runs until `shutdown` completes, then stops accepting and returns.
+pub async fn run(
+    opts: Options,
+    readiness: Readiness,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let translate_cfg = TranslateConfig {
+        trust_domain: opts.trust_domain.clone(),
+        ..TranslateConfig::default()
+    };
+    // The first translation happens before anything is served, so the first xDS push and the
+    // first CA decision already see the folder's contents rather than an empty mesh.
+    let (source, states) = FolderSource::start(&opts.local_dir, translate_cfg, opts.poll)?;
+
+    let ca = Arc::new(load_ca(&opts)?);
+    let auth = Arc::new(BootstrapTokenAuthenticator::from_file(
+        &opts.bootstrap_tokens,
+    )?);
+
+    let (snapshots, _debounce_task) = xds::debounced_snapshots(states.clone(), opts.debounce);
+    let xds_server = XdsServer::new(snapshots, Some(auth.clone()));
+    let ca_service = CaService::new(
+        ca.clone(),
+        auth,
+        states,
+        CaServiceConfig::new(&opts.trust_domain),
+    );
+    let tls = xds::tls::server_config(ca, opts.identity.clone(), opts.serving_cert_lifetime)?;
+
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            what: "xDS/CA port",
+            addr: opts.listen,
+            source,
+        })?;
+    let ready_listener =
+        TcpListener::bind(opts.readiness)
+            .await
+            .map_err(|source| RunError::Bind {
+                what: "readiness",
+                addr: opts.readiness,
+                source,
+            })?;
+    let ready_task = tokio::spawn(readiness.clone().serve(ready_listener));
+    // Both listeners are bound and the first translation is in: ztunnels may connect now.
+    readiness.set_ready();
+    tracing::info!(listen = %opts.listen, readiness = %opts.readiness,
+        identity = %opts.identity, "control plane serving xDS and CA");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(xds_server.into_service())
+        .add_service(ca_service.into_server())
+        .serve_with_incoming_shutdown(xds::tls::incoming(listener, tls), async {
+            let _ = stop_rx.await;
+        });
+    let mut server = std::pin::pin!(server);
+    let result = tokio::select! {
+        r = &mut server => r,
+        () = shutdown => {
+            let _ = stop_tx.send(());
+            // Graceful shutdown waits for in-flight requests, and an xDS stream never ends by
+            // itself: bound the wait. ztunnels keep their config and reconnect elsewhere.
+            match tokio::time::timeout(DRAIN_DEADLINE, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::info!(deadline = ?DRAIN_DEADLINE, "closing remaining xDS streams");
+                    Ok(())
+                }
+            }
+        }
+    }
+    .map_err(|source| RunError::Serve {
+        addr: opts.listen,
+        source,
+    });
+    ready_task.abort();
+    drop(source);
+    tracing::info!("control plane stopped");
+    result
+}
