@@ -31,8 +31,8 @@ use crate::translate::TranslateConfig;
 use crate::xds::{self, XdsServer};
 
 pub use kube_source::{
-    client as kube_client, convert, step, translate_snapshot, Entry, Key, KubeSettings,
-    KubeSource, KubeSourceError, Step, Stores, WatchedKind, WATCHED_KINDS,
+    client as kube_client, convert, step, translate_snapshot, Entry, Key, KubeSettings, KubeSource,
+    KubeSourceError, Step, Stores, WatchedKind, WATCHED_KINDS,
 };
 pub use readiness::Readiness;
 pub use source::{FolderSource, DEFAULT_POLL};

@@ -66,11 +66,11 @@ pub async fn client(api_url: Option<&str>) -> Result<kube::Client, KubeSourceErr
         url: url.to_owned(),
         message,
     };
-    let uri = url
-        .parse::<http::Uri>()
-        .map_err(|e| bad(e.to_string()))?;
+    let uri = url.parse::<http::Uri>().map_err(|e| bad(e.to_string()))?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-        return Err(bad("expected http://host[:port] or https://host[:port]".into()));
+        return Err(bad(
+            "expected http://host[:port] or https://host[:port]".into()
+        ));
     }
     kube::Client::try_from(kube::Config::new(uri)).map_err(KubeSourceError::Client)
 }
@@ -295,6 +295,8 @@ pub fn convert(kind: &WatchedKind, obj: &DynamicObject) -> Option<(Key, Entry)> 
     Some((key, parse_object(kind, obj, fallback)))
 }
 
+// An `Entry` is stored, not propagated with `?`, and its object side is as large as the problem.
+#[allow(clippy::result_large_err)]
 fn parse_object(kind: &WatchedKind, obj: &DynamicObject, object: ObjectRef) -> Entry {
     let problem = |message: String| Problem {
         severity: Severity::Error,
@@ -345,7 +347,10 @@ pub fn step(kind: &WatchedKind, ev: watcher::Event<DynamicObject>) -> Option<Ste
     let converted = |o: &DynamicObject| {
         let c = convert(kind, o);
         if c.is_none() {
-            warn!(kind = kind.kind, "the API server sent an object with no metadata.name; ignoring it");
+            warn!(
+                kind = kind.kind,
+                "the API server sent an object with no metadata.name; ignoring it"
+            );
         }
         c
     };
@@ -439,11 +444,17 @@ async fn watch_kind(
                     }
                 }
                 Err(e) if gone_at_watch_start(&e) => {
-                    info!(resource = kind.plural, "watch refused with HTTP 410 Gone; listing again");
+                    info!(
+                        resource = kind.plural,
+                        "watch refused with HTTP 410 Gone; listing again"
+                    );
                     break;
                 }
                 Err(watcher::Error::WatchError(s)) if s.code == 410 => {
-                    info!(resource = kind.plural, "watch expired (410 Gone); listing again");
+                    info!(
+                        resource = kind.plural,
+                        "watch expired (410 Gone); listing again"
+                    );
                 }
                 Err(e) => {
                     warn!(resource = kind.plural, error = %e,
@@ -558,7 +569,10 @@ async fn publish(
     let (workloads, policies) = (inputs.workloads.len(), inputs.policies.len());
     match translation.into_state() {
         Ok(state) => {
-            info!(source = "kubernetes", workloads, policies, "config translated");
+            info!(
+                source = "kubernetes",
+                workloads, policies, "config translated"
+            );
             *published = Some(inputs);
             tx.send(Arc::new(state)).is_ok()
         }

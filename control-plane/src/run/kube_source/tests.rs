@@ -59,7 +59,10 @@ fn not_synced_until_every_kind_listed() {
     let mut s = Stores::new(2);
     assert!(!s.synced());
     s.apply(0, Step::Init);
-    assert!(s.apply(0, Step::InitDone), "first list completion is a change");
+    assert!(
+        s.apply(0, Step::InitDone),
+        "first list completion is a change"
+    );
     assert!(!s.synced());
     s.apply(1, Step::Init);
     s.apply(1, Step::InitDone);
@@ -82,7 +85,11 @@ fn relist_replaces_only_when_complete() {
     // A relist (after 410) in which `b` is gone: nothing changes until it completes.
     assert!(!s.apply(0, Step::Init));
     assert!(!s.apply(0, Step::InitApply(ka, a)));
-    assert_eq!(s.snapshot().0.len(), 2, "half a relist must not empty the store");
+    assert_eq!(
+        s.snapshot().0.len(),
+        2,
+        "half a relist must not empty the store"
+    );
     assert!(s.apply(0, Step::InitDone));
     let (objects, _) = s.snapshot();
     assert_eq!(objects.len(), 1);
@@ -149,7 +156,13 @@ fn each_problem_is_logged_once_while_it_persists() {
     assert_eq!(logged.len(), 2);
     // A fixed object leaves the set, so it is reported again if it breaks again.
     log_problems(&[p("b")], &mut logged);
-    assert_eq!(logged.into_iter().map(|p| p.object.name).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(
+        logged
+            .into_iter()
+            .map(|p| p.object.name)
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
 }
 
 #[tokio::test]
