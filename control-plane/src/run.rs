@@ -1,10 +1,12 @@
-//! The control-plane process: wires a config source (a watched local folder), the mesh CA,
-//! the xDS server and the CA service on one mTLS port, plus a readiness endpoint.
+//! The control-plane process: wires a config source (a watched local folder, or the Kubernetes
+//! API), the mesh CA, the xDS server and the CA service on one mTLS port, plus a readiness
+//! endpoint.
 //!
-//! Data flow: folder → [`translate_folder`] → `State` on a watch channel → (a) debounced xDS
+//! Data flow: folder or cluster → translation → `State` on a watch channel → (a) debounced xDS
 //! snapshots pushed to every ztunnel, (b) the CA service's node authorization, which always
 //! judges against the newest state.
 
+mod kube_source;
 mod readiness;
 mod source;
 
@@ -18,30 +20,47 @@ use mesh::ca::{CaError, CertificateAuthority};
 use mesh::identity::Identity;
 use tokio::net::TcpListener;
 
-use crate::ca_service::auth::{BootstrapTokenAuthenticator, TokenFileError};
+use crate::ca_service::auth::{
+    AnyOf, Authenticator, BootstrapTokenAuthenticator, TokenFileError, TokenReviewAuthenticator,
+};
+use crate::ca_service::kube::{KubeTokenReviewer, DEFAULT_AUDIENCE};
 use crate::ca_service::root::{self, LocalDirStore, RootError, RootStore};
 use crate::ca_service::{CaService, CaServiceConfig};
 use crate::folder::FolderError;
 use crate::translate::TranslateConfig;
 use crate::xds::{self, XdsServer};
 
+pub use kube_source::{
+    client as kube_client, convert, step, translate_snapshot, Entry, Key, KubeSettings, KubeSource,
+    KubeSourceError, Step, Stores, WatchedKind, WATCHED_KINDS,
+};
 pub use readiness::Readiness;
 pub use source::{FolderSource, DEFAULT_POLL};
 
 /// How long a stopping control plane waits for open streams to finish.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
 
+/// Where the mesh config comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A watched folder of YAML (`--local-dir`).
+    LocalDir(PathBuf),
+    /// The Kubernetes API (`--kube`): at `api_url` (`--kube-api`), else in-cluster or
+    /// kubeconfig.
+    Kube { api_url: Option<String> },
+}
+
 /// Everything the process needs, already validated by the binary's flag parsing.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The watched folder of YAML (the only config source implemented so far).
-    pub local_dir: PathBuf,
+    pub source: ConfigSource,
     /// Plug-in CA directory (Istio `cacerts` layout).
     pub cacerts: Option<PathBuf>,
     /// Where a generated root is persisted (0700 directory, 0600 key).
     pub ca_store: Option<PathBuf>,
-    /// Per-node bootstrap tokens (`<node> <token>` lines) for xDS and CA callers.
-    pub bootstrap_tokens: PathBuf,
+    /// Per-node bootstrap tokens (`<node> <token>` lines) for xDS and CA callers. Required
+    /// without Kubernetes (nobody could authenticate otherwise); optional with it.
+    pub bootstrap_tokens: Option<PathBuf>,
     /// The xDS + CA port (15012).
     pub listen: SocketAddr,
     /// `/healthz/ready`.
@@ -66,6 +85,10 @@ pub enum RunError {
     Root(#[from] RootError),
     #[error("--bootstrap-tokens: {0}")]
     Tokens(#[from] TokenFileError),
+    #[error("--kube: {0}")]
+    Kube(#[from] KubeSourceError),
+    #[error("no way to authenticate callers: give --bootstrap-tokens or use --kube")]
+    NoAuthenticator,
     #[error("serving certificate: {0}")]
     Tls(#[from] xds::tls::TlsSetupError),
     #[error("binding {what} on {addr}: {source}")]
@@ -108,6 +131,14 @@ impl RootStore for NoStore {
     }
 }
 
+/// The running config source, held only so it lives (and watches) while serving: dropping it
+/// stops the watch.
+#[allow(dead_code)]
+enum Source {
+    Folder(FolderSource),
+    Kube(KubeSource),
+}
+
 /// Picks the signing CA: plug-in, else stored, else generated and persisted.
 pub fn load_ca(opts: &Options) -> Result<CertificateAuthority, RunError> {
     let store: Box<dyn RootStore> = match (&opts.ca_store, &opts.cacerts) {
@@ -132,20 +163,58 @@ pub async fn run(
         trust_domain: opts.trust_domain.clone(),
         ..TranslateConfig::default()
     };
+    let mut shutdown = std::pin::pin!(shutdown);
     // The first translation happens before anything is served, so the first xDS push and the
-    // first CA decision already see the folder's contents rather than an empty mesh.
-    let (source, states) = FolderSource::start(&opts.local_dir, translate_cfg, opts.poll)?;
+    // first CA decision already see the config rather than an empty mesh.
+    let (source, states, kube) = match &opts.source {
+        ConfigSource::LocalDir(dir) => {
+            let (source, states) = FolderSource::start(dir, translate_cfg, opts.poll)?;
+            (Source::Folder(source), states, None)
+        }
+        ConfigSource::Kube { api_url } => {
+            let client = kube_source::client(api_url.as_deref()).await?;
+            let (source, mut states) =
+                KubeSource::start(client.clone(), translate_cfg, KubeSettings::default());
+            tracing::info!("waiting for the first list of every watched Kubernetes kind");
+            tokio::select! {
+                changed = states.changed() => {
+                    if changed.is_err() {
+                        // The source task ended before its first state: it only does when
+                        // it panicked, which has been reported already.
+                        return Ok(());
+                    }
+                }
+                () = &mut shutdown => return Ok(()),
+            }
+            (Source::Kube(source), states, Some(client))
+        }
+    };
 
     let ca = Arc::new(load_ca(&opts)?);
-    let auth = Arc::new(BootstrapTokenAuthenticator::from_file(
-        &opts.bootstrap_tokens,
-    )?);
+    let tokens = match &opts.bootstrap_tokens {
+        Some(path) => Some(Arc::new(BootstrapTokenAuthenticator::from_file(path)?)),
+        None => None,
+    };
+    let reviewer = kube.map(|client| {
+        let reviewer = KubeTokenReviewer::new(client, vec![DEFAULT_AUDIENCE.to_string()]);
+        Arc::new(TokenReviewAuthenticator::new(reviewer, &opts.trust_domain))
+    });
+    // Bootstrap tokens first: checking them is local, a TokenReview is an API call.
+    let ca_auth: Arc<dyn Authenticator> = match (&tokens, reviewer) {
+        (Some(t), Some(r)) => Arc::new(AnyOf(vec![t.clone(), r])),
+        (Some(t), None) => t.clone(),
+        (None, Some(r)) => r,
+        (None, None) => return Err(RunError::NoAuthenticator),
+    };
+    // The xDS authenticator is synchronous, so a TokenReview cannot back it: xDS callers
+    // authenticate with a bootstrap token or a mesh certificate.
+    let xds_auth = tokens.map(|t| t as Arc<dyn xds::Authenticator>);
 
     let (snapshots, _debounce_task) = xds::debounced_snapshots(states.clone(), opts.debounce);
-    let xds_server = XdsServer::new(snapshots, Some(auth.clone()));
+    let xds_server = XdsServer::new(snapshots, xds_auth);
     let ca_service = CaService::new(
         ca.clone(),
-        auth,
+        ca_auth,
         states,
         CaServiceConfig::new(&opts.trust_domain),
     );
@@ -182,7 +251,7 @@ pub async fn run(
     let mut server = std::pin::pin!(server);
     let result = tokio::select! {
         r = &mut server => r,
-        () = shutdown => {
+        () = &mut shutdown => {
             let _ = stop_tx.send(());
             // Graceful shutdown waits for in-flight requests, and an xDS stream never ends by
             // itself: bound the wait. ztunnels keep their config and reconnect elsewhere.

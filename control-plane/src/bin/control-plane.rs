@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use control_plane::run::{self, Options, Readiness};
+use control_plane::run::{self, ConfigSource, Options, Readiness};
 use mesh::identity::Identity;
 
 #[derive(Debug, Parser)]
@@ -21,9 +21,14 @@ struct Args {
     /// watched for changes.
     #[arg(long, env = "AMBIT_LOCAL_DIR", conflicts_with = "kube")]
     local_dir: Option<PathBuf>,
-    /// Watch the Kubernetes API instead of a folder (not implemented yet).
+    /// Watch the Kubernetes API instead of a folder; callers may then authenticate with
+    /// Kubernetes service-account tokens (TokenReview) as well as bootstrap tokens.
     #[arg(long, env = "AMBIT_KUBE")]
     kube: bool,
+    /// With --kube: the API server URL (e.g. `http://127.0.0.1:8001` of `kubectl proxy`),
+    /// instead of the in-cluster service account or kubeconfig.
+    #[arg(long, env = "AMBIT_KUBE_API", requires = "kube")]
+    kube_api: Option<String>,
     /// Plug-in CA directory (Istio `cacerts` layout: ca-cert.pem, ca-key.pem, root-cert.pem,
     /// cert-chain.pem).
     #[arg(long, env = "AMBIT_CACERTS")]
@@ -70,27 +75,30 @@ fn bad(flag: &'static str, reason: impl Into<String>) -> FlagError {
 }
 
 fn options(args: Args) -> Result<Options, FlagError> {
-    if args.kube {
-        return Err(bad(
-            "--kube",
-            "the Kubernetes source is not implemented yet; use --local-dir",
-        ));
-    }
-    let local_dir = args
-        .local_dir
-        .ok_or_else(|| bad("--local-dir", "required (the folder of YAML to serve)"))?;
+    let source = if args.kube {
+        ConfigSource::Kube {
+            api_url: args.kube_api,
+        }
+    } else {
+        ConfigSource::LocalDir(args.local_dir.ok_or_else(|| {
+            bad(
+                "--local-dir",
+                "required without --kube (the folder of YAML to serve)",
+            )
+        })?)
+    };
     if args.cacerts.is_none() && args.ca_store.is_none() {
         return Err(bad(
             "--ca-store",
             "set --cacerts (plug-in CA) and/or --ca-store (where a generated root is kept)",
         ));
     }
-    let bootstrap_tokens = args.bootstrap_tokens.ok_or_else(|| {
-        bad(
+    if !args.kube && args.bootstrap_tokens.is_none() {
+        return Err(bad(
             "--bootstrap-tokens",
             "required without --kube: no ztunnel could authenticate otherwise",
-        )
-    })?;
+        ));
+    }
     let identity = match &args.identity {
         Some(s) => Identity::parse(s).map_err(|e| bad("--identity", e.to_string()))?,
         None => Identity::new(&args.trust_domain, "istio-system", "ambit-control-plane")
@@ -100,10 +108,10 @@ fn options(args: Args) -> Result<Options, FlagError> {
         return Err(bad("--poll-ms", "must be at least 1"));
     }
     Ok(Options {
-        local_dir,
+        source,
         cacerts: args.cacerts,
         ca_store: args.ca_store,
-        bootstrap_tokens,
+        bootstrap_tokens: args.bootstrap_tokens,
         listen: args.listen,
         readiness: args.readiness_addr,
         trust_domain: args.trust_domain,

@@ -187,3 +187,20 @@ pub fn bookmark(resource: &Resource, resource_version: u64) -> Value {
         "metadata": { "resourceVersion": resource_version.to_string(), "creationTimestamp": null }
     })
 }
+/// Istio's `security.istio.io/v1` AuthorizationPolicy (a CRD: served only when a test passes it
+/// to [`super::KubeReplay::start_with`]).
+pub const AUTHORIZATION_POLICY: Resource = Resource {
+    group: "security.istio.io",
+    version: "v1",
+    kind: "AuthorizationPolicy",
+    plural: "authorizationpolicies",
+    namespaced: true,
+};
+/// Istio's `security.istio.io/v1` PeerAuthentication (a CRD, like [`AUTHORIZATION_POLICY`]).
+pub const PEER_AUTHENTICATION: Resource = Resource {
+    group: "security.istio.io",
+    version: "v1",
+    kind: "PeerAuthentication",
+    plural: "peerauthentications",
+    namespaced: true,
+};
