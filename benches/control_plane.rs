@@ -22,6 +22,8 @@
 
 #[path = "control_plane/gen.rs"]
 mod gen;
+#[path = "control_plane/heap.rs"]
+mod heap;
 // Shared with the data-plane bench; this bench uses only the RSS readers.
 #[allow(dead_code)]
 #[path = "dataplane/procfs.rs"]
@@ -242,10 +244,7 @@ fn main() {
         format!("first full push to {SUBSCRIBERS} subscribers, all done (ms)"),
         ms(push.full_push),
     );
-    out.row(
-        "  of which the first subscriber done (ms)",
-        ms(push.first),
-    );
+    out.row("  of which the first subscriber done (ms)", ms(push.first));
     for (i, (translated, after_send, total)) in push.rounds.iter().enumerate() {
         out.row(
             format!("one-pod change {}: translate + State (ms)", i + 1),
@@ -311,6 +310,26 @@ fn ztunnel_part(out: &mut Report, inputs: &control_plane::StateInputs, settle_se
         ztunnel_rss::write_case(&dir, "1k", inputs, 1_000, true),
         ztunnel_rss::write_case(&dir, "10k", inputs, 10_000, true),
     ];
+    for c in &cases {
+        out.row(
+            format!(
+                "State heap as ztunnel builds it from the file, {} (KiB)",
+                c.label
+            ),
+            format!("{:.0}", c.state_heap as f64 / 1024.0),
+        );
+    }
+    let heap_of = |label: &str| {
+        cases
+            .iter()
+            .find(|c| c.label == label)
+            .map(|c| c.state_heap as f64)
+            .expect("case")
+    };
+    out.row(
+        "State heap bytes/workload, (heap(10k) − heap(svc+pol)) / 10k",
+        format!("{:.0}", (heap_of("10k") - heap_of("svc+pol")) / 10_000.0),
+    );
     let readings = ztunnel_rss::measure(&mut fx, &cases, Duration::from_secs(settle_secs));
     for r in &readings {
         out.row(

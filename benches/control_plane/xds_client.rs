@@ -64,7 +64,10 @@ impl Server {
     /// The TLS config a subscriber dials with: a ztunnel certificate from the mesh CA.
     pub fn client_tls(&self) -> Arc<rustls::ClientConfig> {
         let id = Identity::new("cluster.local", "istio-system", "ztunnel").expect("identity");
-        let cert = self.ca.issue(&id, Duration::from_secs(3600)).expect("issue");
+        let cert = self
+            .ca
+            .issue(&id, Duration::from_secs(3600))
+            .expect("issue");
         mesh::tls::client_config(&cert, vec![control_plane_id()]).expect("client TLS config")
     }
 }
@@ -138,7 +141,9 @@ pub async fn subscriber(
         let _ = tx.send(DeltaDiscoveryRequest {
             // Node only on the first request, as ztunnel sends it.
             node: (i == 0).then(|| Node {
-                id: format!("ztunnel~10.0.0.{id}~ztunnel-{id}.istio-system~istio-system.svc.cluster.local"),
+                id: format!(
+                    "ztunnel~10.0.0.{id}~ztunnel-{id}.istio-system~istio-system.svc.cluster.local"
+                ),
                 ..Node::default()
             }),
             type_url: (*type_url).into(),
@@ -154,8 +159,7 @@ pub async fn subscriber(
     let mut counts = BTreeMap::new();
     let mut initial_sent = false;
     loop {
-        let msg: DeltaDiscoveryResponse = match tokio::time::timeout(WAIT, stream.message()).await
-        {
+        let msg: DeltaDiscoveryResponse = match tokio::time::timeout(WAIT, stream.message()).await {
             Err(_) if initial_sent => return Ok(()), // idle after the scenarios: done.
             Err(_) => return Err(format!("subscriber {id}: no initial push in {WAIT:?}")),
             Ok(Ok(Some(m))) => m,

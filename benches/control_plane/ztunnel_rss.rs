@@ -29,6 +29,9 @@ pub struct Case {
     pub label: String,
     pub workloads: usize,
     pub path: PathBuf,
+    /// Live heap bytes of the `State` ztunnel builds from this file (parsed and built here,
+    /// with the same functions ztunnel calls).
+    pub state_heap: usize,
 }
 
 /// Writes `inputs` with only the first `workloads` workloads (and services/policies only if
@@ -67,17 +70,34 @@ pub fn write_case(
         peer_authentications: peer,
     })
     .expect("serialize local config");
-    let parsed = mesh::model::local_config::parse(&yaml)
+    let before = crate::heap::live_bytes();
+    let state = mesh::model::local_config::parse(&yaml)
+        .and_then(|c| c.into_state())
         .unwrap_or_else(|e| panic!("ztunnel would refuse the {label} config: {e}"));
-    assert_eq!(parsed.workloads.len(), n, "{label}: workloads round-trip");
-    assert_eq!(parsed.services.len(), services.len(), "{label}: services");
-    assert_eq!(parsed.policies.len(), policies.len(), "{label}: policies");
+    let state_heap = crate::heap::live_bytes().saturating_sub(before);
+    assert_eq!(
+        state.workloads().count(),
+        n,
+        "{label}: workloads round-trip"
+    );
+    assert_eq!(
+        state.services().count(),
+        services.len(),
+        "{label}: services"
+    );
+    assert_eq!(
+        state.policies().count(),
+        policies.len(),
+        "{label}: policies"
+    );
+    drop(state);
     let path = dir.join(format!("{label}.yaml"));
     std::fs::write(&path, yaml).expect("write local config");
     Case {
         label: label.to_string(),
         workloads: n,
         path,
+        state_heap,
     }
 }
 
@@ -97,19 +117,30 @@ pub struct Reading {
 /// reads it again after `settle`: jemalloc returns the pages freed after parsing the file on
 /// its decay timer, and the settled figure is the one that says what the state costs.
 pub fn measure(fx: &mut Fixture, cases: &[Case], settle: Duration) -> Vec<Reading> {
+    let malloc_conf = std::env::var("BENCH_ZTUNNEL_MALLOC_CONF").ok();
     let mut running = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let node = fx.add_node(&format!("z{i}"));
-        let env = [
+        let mut env = vec![
             ("RUST_LOG", "warn"),
             ("LOCAL_XDS_PATH", case.path.to_str().expect("utf-8 path")),
         ];
+        // For allocator experiments: jemalloc (ztunnel's default) reads its options from
+        // `_RJEM_MALLOC_CONF` (tikv-jemallocator prefixes its symbols).
+        if let Some(conf) = malloc_conf.as_deref() {
+            env.push(("_RJEM_MALLOC_CONF", conf));
+        }
         running.push(fx.start_ztunnel(&node, &env));
     }
     let mut ready = Vec::new();
     for z in &running {
         z.serve(&[]);
-        assert_ne!(procfs::comm(z.pid()), "ip", "pid {} is the ip wrapper", z.pid());
+        assert_ne!(
+            procfs::comm(z.pid()),
+            "ip",
+            "pid {} is the ip wrapper",
+            z.pid()
+        );
         ready.push(procfs::status_kib(z.pid(), "VmRSS"));
     }
     std::thread::sleep(settle);
