@@ -219,7 +219,11 @@ fn main() {
                         },
                     ) => {
                         assert_eq!(type_url, ADDRESS_TYPE_URL, "subscriber {id}");
-                        assert_eq!(names, [moved.clone()], "subscriber {id}: exactly the pod");
+                        assert_eq!(
+                            names,
+                            std::slice::from_ref(&moved),
+                            "subscriber {id}: exactly the pod"
+                        );
                         assert!(removed.is_empty(), "subscriber {id}: removed {removed:?}");
                         got.push(at);
                     }
