@@ -144,17 +144,3 @@ pub fn watch_local_file(
 fn read(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
 }
-
-/// A handle over a fixed state, for tests.
-pub fn fixed(state: State) -> StateHandle {
-    let (tx, rx) = watch::channel(Arc::new(state));
-    // Keep the sender alive for the life of the process so receivers never see "closed".
-    std::mem::forget(tx);
-    StateHandle {
-        rx,
-        status: Arc::new(Mutex::new(LoadStatus {
-            version: 1,
-            last_error: None,
-        })),
-    }
-}
