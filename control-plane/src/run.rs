@@ -24,7 +24,9 @@ use crate::ca_service::auth::{
     AnyOf, Authenticator, BootstrapTokenAuthenticator, TokenFileError, TokenReviewAuthenticator,
 };
 use crate::ca_service::kube::{KubeTokenReviewer, DEFAULT_AUDIENCE};
-use crate::ca_service::root::{self, LocalDirStore, RootError, RootStore};
+use crate::ca_service::root::{
+    self, Created, KubeSecretStore, LocalDirStore, RootError, RootStore, ROOT_CERT_CONFIGMAP,
+};
 use crate::ca_service::{CaService, CaServiceConfig};
 use crate::folder::FolderError;
 use crate::translate::TranslateConfig;
@@ -58,6 +60,12 @@ pub struct Options {
     pub cacerts: Option<PathBuf>,
     /// Where a generated root is persisted (0700 directory, 0600 key).
     pub ca_store: Option<PathBuf>,
+    /// With `--kube`: the Secret a generated root is persisted in (create-only, shared by
+    /// replicas), instead of `ca_store`.
+    pub ca_root_secret: Option<String>,
+    /// With `--kube`: the control plane's own namespace (its CA Secret and the published root
+    /// ConfigMap); `None` = the client's default (in-cluster: the pod's namespace).
+    pub namespace: Option<String>,
     /// Per-node bootstrap tokens (`<node> <token>` lines) for xDS and CA callers. Required
     /// without Kubernetes (nobody could authenticate otherwise); optional with it.
     pub bootstrap_tokens: Option<PathBuf>,
@@ -113,21 +121,29 @@ struct NoStore(PathBuf);
 
 impl RootStore for NoStore {
     fn describe(&self) -> String {
-        format!("no --ca-store (plug-in CA {} expected)", self.0.display())
+        format!(
+            "no --ca-store or --ca-root-secret (plug-in CA {} expected)",
+            self.0.display()
+        )
     }
-    fn load(&self) -> Result<Option<CertificateAuthority>, RootError> {
-        Ok(None)
+    fn load(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<Option<CertificateAuthority>, RootError>> {
+        Box::pin(std::future::ready(Ok(None)))
     }
-    fn store(&self, _: &CertificateAuthority) -> Result<(), RootError> {
-        Err(RootError::Store {
+    fn create<'a>(
+        &'a self,
+        _: &'a CertificateAuthority,
+    ) -> futures::future::BoxFuture<'a, Result<Created, RootError>> {
+        Box::pin(std::future::ready(Err(RootError::Store {
             store: self.describe(),
             source: CaError::Write {
                 path: self.0.clone(),
-                reason: "the plug-in CA directory has no CA files and no --ca-store was given \
-                         to persist a generated root"
+                reason: "the plug-in CA directory has no CA files and no --ca-store or \
+                         --ca-root-secret was given to persist a generated root"
                     .to_string(),
             },
-        })
+        })))
     }
 }
 
@@ -139,18 +155,35 @@ enum Source {
     Kube(KubeSource),
 }
 
-/// Picks the signing CA: plug-in, else stored, else generated and persisted.
-pub fn load_ca(opts: &Options) -> Result<CertificateAuthority, RunError> {
-    let store: Box<dyn RootStore> = match (&opts.ca_store, &opts.cacerts) {
-        (Some(dir), _) => Box::new(LocalDirStore { dir: dir.clone() }),
-        (None, Some(plug_in)) => Box::new(NoStore(plug_in.clone())),
-        // The binary's flag parsing requires one of the two.
-        (None, None) => Box::new(NoStore(PathBuf::from("<none>"))),
-    };
+/// Picks the signing CA: plug-in, else stored, else generated and persisted. `kube` is the
+/// API client when running with `--kube` (the Secret store needs it).
+pub async fn load_ca(
+    opts: &Options,
+    kube: Option<&kube::Client>,
+) -> Result<CertificateAuthority, RunError> {
+    let store: Box<dyn RootStore> =
+        match (&opts.ca_root_secret, kube, &opts.ca_store, &opts.cacerts) {
+            (Some(secret), Some(client), _, _) => Box::new(KubeSecretStore::new(
+                client.clone(),
+                &own_namespace(opts, client),
+                secret,
+            )),
+            (_, _, Some(dir), _) => Box::new(LocalDirStore { dir: dir.clone() }),
+            (_, _, None, Some(plug_in)) => Box::new(NoStore(plug_in.clone())),
+            // The binary's flag parsing requires one of them.
+            _ => Box::new(NoStore(PathBuf::from("<none>"))),
+        };
     let (ca, origin) =
-        root::load_or_create(opts.cacerts.as_deref(), store.as_ref(), &opts.trust_domain)?;
+        root::load_or_create(opts.cacerts.as_deref(), store.as_ref(), &opts.trust_domain).await?;
     tracing::info!(?origin, "mesh CA loaded");
     Ok(ca)
+}
+
+/// The namespace of the CA Secret and the root ConfigMap.
+fn own_namespace(opts: &Options, client: &kube::Client) -> String {
+    opts.namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned())
 }
 
 /// Runs until `shutdown` completes, then stops accepting and returns.
@@ -190,7 +223,13 @@ pub async fn run(
         }
     };
 
-    let ca = Arc::new(load_ca(&opts)?);
+    let ca = Arc::new(load_ca(&opts, kube.as_ref()).await?);
+    // On Kubernetes, publish the bundle ztunnels verify this replica with (started once the
+    // ports are bound, below).
+    let publish = kube.as_ref().map(|client| {
+        let (client, ns, bundle) = (client.clone(), own_namespace(&opts, client), ca.roots_pem());
+        async move { root::publish_root_cert(client, &ns, ROOT_CERT_CONFIGMAP, &bundle).await }
+    });
     let tokens = match &opts.bootstrap_tokens {
         Some(path) => Some(Arc::new(BootstrapTokenAuthenticator::from_file(path)?)),
         None => None,
@@ -236,8 +275,21 @@ pub async fn run(
                 source,
             })?;
     let ready_task = tokio::spawn(readiness.clone().serve(ready_listener));
-    // Both listeners are bound and the first translation is in: ztunnels may connect now.
-    readiness.set_ready();
+    // Both listeners are bound and the first translation is in: ztunnels may connect now (on
+    // Kubernetes, once the root they verify this replica with is published).
+    let publish_task = match publish {
+        None => {
+            readiness.set_ready();
+            None
+        }
+        Some(publish) => {
+            let readiness = readiness.clone();
+            Some(tokio::spawn(async move {
+                publish.await;
+                readiness.set_ready();
+            }))
+        }
+    };
     tracing::info!(listen = %opts.listen, readiness = %opts.readiness,
         identity = %opts.identity, "control plane serving xDS and CA");
 
@@ -269,6 +321,9 @@ pub async fn run(
         source,
     });
     ready_task.abort();
+    if let Some(task) = publish_task {
+        task.abort();
+    }
     drop(source);
     tracing::info!("control plane stopped");
     result

@@ -6,8 +6,9 @@
 //! the SPIFFE id; the returned chain is leaf, intermediates, root.
 //!
 //! Invariants:
-//! - the private key never leaves this type (no accessor; only `write_cacerts_dir` for local
-//!   bootstrap writes it, mode 0600);
+//! - the private key never leaves this type except to the control plane's own root store: only
+//!   `write_cacerts_dir` (local bootstrap, mode 0600) and `to_cacerts_pem` (the control plane's
+//!   Kubernetes Secret store) export it; there is no other accessor;
 //! - a loaded CA has been proven consistent at load time: its key matches `ca-cert.pem`, and a
 //!   throwaway leaf it signed verified against the roots exactly as a peer would verify it. A bad
 //!   `cacerts` directory therefore fails start-up, not the first handshake.
@@ -109,6 +110,30 @@ pub enum CaError {
     Cert(#[from] CertError),
 }
 
+/// The files of Istio's `cacerts` layout, in memory. `Debug` omits the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CacertsPem {
+    /// `ca-cert.pem`: the signing certificate.
+    pub ca_cert: String,
+    /// `ca-key.pem`: its private key.
+    pub ca_key: String,
+    /// `root-cert.pem`: the trust bundle.
+    pub root_cert: String,
+    /// `cert-chain.pem`: `ca-cert.pem` up to a root; optional when `ca-cert.pem` is a root.
+    pub cert_chain: Option<String>,
+}
+
+impl std::fmt::Debug for CacertsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacertsPem")
+            .field("ca_cert", &self.ca_cert)
+            .field("ca_key", &"<redacted>")
+            .field("root_cert", &self.root_cert)
+            .field("cert_chain", &self.cert_chain)
+            .finish()
+    }
+}
+
 /// Signs workload certificates. Never exposes its private key.
 pub struct CertificateAuthority {
     /// rcgen's view of `ca-cert.pem` (subject, key identifier), used only as the issuer when
@@ -135,17 +160,25 @@ impl CertificateAuthority {
     /// Loads Istio's `cacerts` layout. `cert-chain.pem` may be omitted when `ca-cert.pem` is
     /// itself a root; when the chain stops one step below a root, that root is appended.
     pub fn from_cacerts_dir(dir: &Path) -> Result<Self, CaError> {
-        let ca_cert_pem = read(dir, CA_CERT)?;
-        let key_pem = read(dir, CA_KEY)?;
-        let roots_pem = read(dir, ROOT_CERT)?;
         let chain_path = dir.join(CERT_CHAIN);
-        let chain_pem = if chain_path.exists() {
-            Some(read(dir, CERT_CHAIN)?)
-        } else {
-            None
+        let files = CacertsPem {
+            ca_cert: read(dir, CA_CERT)?,
+            ca_key: read(dir, CA_KEY)?,
+            root_cert: read(dir, ROOT_CERT)?,
+            cert_chain: if chain_path.exists() {
+                Some(read(dir, CERT_CHAIN)?)
+            } else {
+                None
+            },
         };
+        Self::from_cacerts_pem(&files)
+    }
 
-        let mut ca_certs = pem_certs(&ca_cert_pem, CA_CERT)?;
+    /// Loads the `cacerts` layout from memory (a store that is not a directory, such as the
+    /// control plane's Kubernetes Secret), with the same checks as
+    /// [`from_cacerts_dir`](Self::from_cacerts_dir).
+    pub fn from_cacerts_pem(files: &CacertsPem) -> Result<Self, CaError> {
+        let mut ca_certs = pem_certs(&files.ca_cert, CA_CERT)?;
         if ca_certs.len() != 1 {
             return Err(bad(
                 CA_CERT,
@@ -153,15 +186,15 @@ impl CertificateAuthority {
             ));
         }
         let ca_cert = ca_certs.remove(0);
-        let roots = pem_certs(&roots_pem, ROOT_CERT)?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        let roots = pem_certs(&files.root_cert, ROOT_CERT)?;
+        let key = PrivateKeyDer::from_pem_slice(files.ca_key.as_bytes())
             .map_err(|e| bad(CA_KEY, &e.to_string()))?;
         let pkcs8 = der::to_pkcs8(&key).map_err(|e| bad(CA_KEY, &e))?;
         let key = KeyPair::try_from(&PrivatePkcs8KeyDer::from(pkcs8))
             .map_err(|e| bad(CA_KEY, &format!("unsupported key: {e}")))?;
 
-        let chain = match chain_pem {
-            Some(pem) => pem_certs(&pem, CERT_CHAIN)?,
+        let chain = match &files.cert_chain {
+            Some(pem) => pem_certs(pem, CERT_CHAIN)?,
             None => vec![ca_cert.clone()],
         };
         Self::assemble(ca_cert, key, chain, roots)
@@ -208,16 +241,30 @@ impl CertificateAuthority {
             path: dir.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let chain_pem: String = self
-            .chain
-            .iter()
-            .map(|c| to_pem("CERTIFICATE", c))
-            .collect();
-        write_atomic(dir, CA_CERT, &to_pem("CERTIFICATE", &self.chain[0]), 0o644)?;
-        write_atomic(dir, CA_KEY, &self.key.serialize_pem(), 0o600)?;
-        write_atomic(dir, ROOT_CERT, &self.roots_pem(), 0o644)?;
-        write_atomic(dir, CERT_CHAIN, &chain_pem, 0o644)?;
+        let files = self.to_cacerts_pem();
+        write_atomic(dir, CA_CERT, &files.ca_cert, 0o644)?;
+        write_atomic(dir, CA_KEY, &files.ca_key, 0o600)?;
+        write_atomic(dir, ROOT_CERT, &files.root_cert, 0o644)?;
+        if let Some(chain) = &files.cert_chain {
+            write_atomic(dir, CERT_CHAIN, chain, 0o644)?;
+        }
         Ok(())
+    }
+
+    /// This CA in the `cacerts` layout, in memory, key included: only for persisting it to the
+    /// CA's own root store (see the module invariants).
+    pub fn to_cacerts_pem(&self) -> CacertsPem {
+        CacertsPem {
+            ca_cert: to_pem("CERTIFICATE", &self.chain[0]),
+            ca_key: self.key.serialize_pem(),
+            root_cert: self.roots_pem(),
+            cert_chain: Some(
+                self.chain
+                    .iter()
+                    .map(|c| to_pem("CERTIFICATE", c))
+                    .collect(),
+            ),
+        }
     }
 
     /// The trust roots workloads should use.

@@ -65,11 +65,13 @@ pub fn rbac(ns: &str) -> Vec<Object> {
     };
     // RBAC cannot restrict `create` by name (the object has no name yet when the request is
     // authorized), so create is granted on the kind and get/update only on the named objects:
-    // the control plane can add Secrets here but read or change no Secret other than its own.
+    // the control plane can add Secrets here but read no Secret other than its own. Its root
+    // Secret is create-only (never rewritten, docs/ca.md), so it gets no `update` at all; the
+    // root-certificate ConfigMap is updated when the published bundle changes.
     let role = Role {
         metadata: meta(CONTROL_PLANE, Some(ns), CONTROL_PLANE),
         rules: Some(vec![
-            rule(&[""], &["secrets"], &["get", "update"], &[CA_ROOT_SECRET]),
+            rule(&[""], &["secrets"], &["get"], &[CA_ROOT_SECRET]),
             rule(&[""], &["secrets"], &["create"], &[]),
             rule(
                 &[""],
@@ -122,19 +124,23 @@ pub fn workload(opts: &Options) -> Vec<Object> {
         common::port("http-ready", READINESS_PORT),
     ]);
     container.env = Some(vec![
-        // Where the CA Secret lives and which identity the serving certificate names.
+        // Where the CA Secret and root ConfigMap live (`--namespace`) and which identity the
+        // serving certificate names.
         env_field("POD_NAMESPACE", "metadata.namespace"),
         env_field("POD_NAME", "metadata.name"),
         env_field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
     ]);
-    // Kubernetes watches as the source; the signing CA from Istio's `cacerts` Secret. No
-    // `--ca-store`: an emptyDir store would give each replica its own root. Until the
-    // `ambit-ca-root` Secret store exists, the plug-in CA is what both replicas share.
+    // Kubernetes watches as the source; the signing CA from Istio's `cacerts` Secret when it
+    // exists, else the root generated once and kept in the `ambit-ca-root` Secret (create-only,
+    // so both replicas end up with the same root). No `--ca-store`: an emptyDir store would
+    // give each replica its own root. The namespace comes from POD_NAMESPACE.
     container.args = Some(
         [
             "--kube",
             "--cacerts",
             CACERTS_PATH,
+            "--ca-root-secret",
+            CA_ROOT_SECRET,
             "--listen",
             "[::]:15012",
             "--readiness-addr",

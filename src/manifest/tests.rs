@@ -410,11 +410,11 @@ fn control_plane_rbac_is_least_privilege() {
         want
     );
 
-    // Secrets only in its own namespace (a Role), and reading/updating only its own.
+    // Secrets only in its own namespace (a Role), reading only its own, and never updating it
+    // (the root Secret is create-only); the root ConfigMap is updated when the root changes.
     let role = grants(&rules_of(&objects, "Role", CONTROL_PLANE));
     let want: BTreeSet<String> = [
         "/secrets get ambit-ca-root",
-        "/secrets update ambit-ca-root",
         "/secrets create *",
         "/configmaps get ambit-ca-root-cert",
         "/configmaps update ambit-ca-root-cert",
@@ -424,6 +424,73 @@ fn control_plane_rbac_is_least_privilege() {
     .map(|s| s.to_string())
     .collect();
     assert_eq!(role, want);
+}
+
+/// The names the Deployment and ztunnel's DaemonSet use are the ones the control plane reads
+/// and writes: the root Secret (`--ca-root-secret`), the published ConfigMap and its key.
+#[test]
+fn control_plane_persists_its_root_where_rbac_allows_and_publishes_what_ztunnel_mounts() {
+    use control_plane::ca_service::root;
+    let objects = default_objects();
+    let spec = deployment(&objects, CONTROL_PLANE)
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    let cp = main_container(spec);
+    let args = cp.args.clone().unwrap_or_default();
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+    };
+    assert!(args.iter().any(|a| a == "--kube"), "{args:?}");
+    assert_eq!(after("--cacerts"), Some("/etc/cacerts"));
+    assert_eq!(after("--ca-root-secret"), Some(CA_ROOT_SECRET));
+    assert_eq!(CA_ROOT_SECRET, root::DEFAULT_SECRET);
+    assert!(
+        cp.env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "POD_NAMESPACE" && e.value_from.is_some()),
+        "--namespace comes from POD_NAMESPACE, set from the downward API"
+    );
+
+    assert_eq!(CA_ROOT_CERT_CONFIGMAP, root::ROOT_CERT_CONFIGMAP);
+    let zt_spec = daemonset(&objects, ZTUNNEL)
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    let zt = main_container(zt_spec);
+    let volume = zt_spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| {
+            v.config_map
+                .as_ref()
+                .is_some_and(|c| c.name == CA_ROOT_CERT_CONFIGMAP)
+        })
+        .expect("ztunnel mounts the root ConfigMap");
+    let mount = zt
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == volume.name)
+        .expect("and mounts that volume");
+    assert_eq!(
+        env_value(zt, "XDS_ROOT_CA"),
+        Some(format!("{}/{}", mount.mount_path, root::ROOT_CERT_KEY).as_str()),
+        "ztunnel reads the key the control plane publishes"
+    );
 }
 
 #[test]

@@ -36,6 +36,19 @@ struct Args {
     /// Directory where a generated root is persisted (key mode 0600) and found again on restart.
     #[arg(long, env = "AMBIT_CA_STORE")]
     ca_store: Option<PathBuf>,
+    /// With --kube: Secret (in --namespace) where a generated root is persisted, create-only,
+    /// so replicas share one root (e.g. `ambit-ca-root`). A plug-in CA in --cacerts still wins.
+    #[arg(
+        long,
+        env = "AMBIT_CA_ROOT_SECRET",
+        requires = "kube",
+        conflicts_with = "ca_store"
+    )]
+    ca_root_secret: Option<String>,
+    /// With --kube: the control plane's namespace, holding its CA root Secret and the
+    /// published root-certificate ConfigMap. Default: the pod's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
     /// File of `<node-name> <token>` lines: each token lets one node's ztunnel in.
     #[arg(long, env = "AMBIT_BOOTSTRAP_TOKENS")]
     bootstrap_tokens: Option<PathBuf>,
@@ -87,12 +100,17 @@ fn options(args: Args) -> Result<Options, FlagError> {
             )
         })?)
     };
-    if args.cacerts.is_none() && args.ca_store.is_none() {
+    if args.cacerts.is_none() && args.ca_store.is_none() && args.ca_root_secret.is_none() {
         return Err(bad(
             "--ca-store",
-            "set --cacerts (plug-in CA) and/or --ca-store (where a generated root is kept)",
+            "set --cacerts (plug-in CA) and/or --ca-store or --ca-root-secret (where a \
+             generated root is kept)",
         ));
     }
+    if args.ca_root_secret.as_deref() == Some("") {
+        return Err(bad("--ca-root-secret", "must not be empty"));
+    }
+    let namespace = args.namespace.filter(|ns| !ns.is_empty());
     if !args.kube && args.bootstrap_tokens.is_none() {
         return Err(bad(
             "--bootstrap-tokens",
@@ -111,6 +129,8 @@ fn options(args: Args) -> Result<Options, FlagError> {
         source,
         cacerts: args.cacerts,
         ca_store: args.ca_store,
+        ca_root_secret: args.ca_root_secret,
+        namespace,
         bootstrap_tokens: args.bootstrap_tokens,
         listen: args.listen,
         readiness: args.readiness_addr,

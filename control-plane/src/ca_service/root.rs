@@ -5,6 +5,11 @@
 //! on an earlier start, from its [`RootStore`]; else a new self-signed root, written to the
 //! store before it signs anything, so every later start finds the same one.
 //!
+//! Stores: a local directory ([`LocalDirStore`]) or, on Kubernetes, a Secret
+//! ([`KubeSecretStore`]). Stores are create-only where several replicas share one: when two
+//! start together and both generate, exactly one create wins and the other adopts the winner's
+//! root.
+//!
 //! Invariants:
 //! - a configured plug-in directory that holds a key but does not load stops start-up: falling
 //!   back to another root would silently split the mesh into two trust domains;
@@ -13,10 +18,17 @@
 //! - the key is only ever written with mode 0600 (by [`CertificateAuthority::write_cacerts_dir`]),
 //!   in a directory created with mode 0700, and never leaves through any other path.
 
+mod kube_store;
+mod publish;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use futures::future::BoxFuture;
 use mesh::ca::{CaError, CertificateAuthority};
+
+pub use kube_store::{KubeSecretStore, DEFAULT_SECRET};
+pub use publish::{publish_root_cert, Published, ROOT_CERT_CONFIGMAP, ROOT_CERT_KEY};
 
 /// The files of the `cacerts` layout, key first.
 const CACERTS_FILES: [&str; 4] = [
@@ -46,32 +58,46 @@ pub enum RootError {
         trust_domain: String,
         source: CaError,
     },
+    #[error("{store}: {reason}")]
+    Api { store: String, reason: String },
+    #[error("{store}: another replica stored a root first, but it cannot be read back")]
+    Vanished { store: String },
 }
 
-/// Where a generated root is kept between restarts. A Kubernetes Secret (`ambit-ca-root`) is
-/// the other intended implementation; it must be create-only (fail if it exists) so two
-/// replicas starting together cannot both generate and persist different roots.
-pub trait RootStore {
+/// What [`RootStore::create`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The given CA is now the stored one.
+    Stored,
+    /// Something was stored first (another replica won the race): nothing was written, and
+    /// the caller must discard its CA and load the stored one.
+    AlreadyExists,
+}
+
+/// Where a generated root is kept between restarts. Async because the Kubernetes store is an
+/// API call; boxed futures keep it usable as `&dyn RootStore`.
+pub trait RootStore: Send + Sync {
     /// For logs and errors.
     fn describe(&self) -> String;
     /// The stored CA, `None` if nothing is stored, or an error if what is stored is unusable.
-    fn load(&self) -> Result<Option<CertificateAuthority>, RootError>;
-    /// Persists a newly generated CA.
-    fn store(&self, ca: &CertificateAuthority) -> Result<(), RootError>;
+    fn load(&self) -> BoxFuture<'_, Result<Option<CertificateAuthority>, RootError>>;
+    /// Persists a newly generated CA, unless a CA is stored already (create-only where the
+    /// store is shared, so that concurrent starts cannot persist two different roots).
+    fn create<'a>(
+        &'a self,
+        ca: &'a CertificateAuthority,
+    ) -> BoxFuture<'a, Result<Created, RootError>>;
 }
 
-/// A directory in the `cacerts` layout on local disk.
+/// A directory in the `cacerts` layout on local disk, for one control plane (a directory is
+/// not shared between replicas, so create does not need to be atomic against a peer).
 #[derive(Debug, Clone)]
 pub struct LocalDirStore {
     pub dir: PathBuf,
 }
 
-impl RootStore for LocalDirStore {
-    fn describe(&self) -> String {
-        format!("CA root store {}", self.dir.display())
-    }
-
-    fn load(&self) -> Result<Option<CertificateAuthority>, RootError> {
+impl LocalDirStore {
+    fn load_now(&self) -> Result<Option<CertificateAuthority>, RootError> {
         match presence(&self.dir) {
             Presence::None => Ok(None),
             Presence::Partial { present, missing } => Err(RootError::Partial {
@@ -88,13 +114,34 @@ impl RootStore for LocalDirStore {
         }
     }
 
-    fn store(&self, ca: &CertificateAuthority) -> Result<(), RootError> {
+    fn create_now(&self, ca: &CertificateAuthority) -> Result<Created, RootError> {
+        if !matches!(presence(&self.dir), Presence::None) {
+            return Ok(Created::AlreadyExists);
+        }
         let err = |source| RootError::Store {
             store: self.describe(),
             source,
         };
         create_private_dir(&self.dir).map_err(err)?;
-        ca.write_cacerts_dir(&self.dir).map_err(err)
+        ca.write_cacerts_dir(&self.dir).map_err(err)?;
+        Ok(Created::Stored)
+    }
+}
+
+impl RootStore for LocalDirStore {
+    fn describe(&self) -> String {
+        format!("CA root store {}", self.dir.display())
+    }
+
+    fn load(&self) -> BoxFuture<'_, Result<Option<CertificateAuthority>, RootError>> {
+        Box::pin(std::future::ready(self.load_now()))
+    }
+
+    fn create<'a>(
+        &'a self,
+        ca: &'a CertificateAuthority,
+    ) -> BoxFuture<'a, Result<Created, RootError>> {
+        Box::pin(std::future::ready(self.create_now(ca)))
     }
 }
 
@@ -103,11 +150,13 @@ impl RootStore for LocalDirStore {
 pub enum RootOrigin {
     PlugIn(PathBuf),
     Stored(String),
+    /// Generated here, but another replica stored its root first: that one is in use.
+    StoredByPeer(String),
     Generated(String),
 }
 
 /// Sets up the CA (see the module header for the order).
-pub fn load_or_create(
+pub async fn load_or_create(
     plug_in: Option<&Path>,
     store: &dyn RootStore,
     trust_domain: &str,
@@ -137,7 +186,7 @@ pub fn load_or_create(
             ),
         }
     }
-    if let Some(ca) = store.load()? {
+    if let Some(ca) = store.load().await? {
         return Ok((ca, RootOrigin::Stored(store.describe())));
     }
     let ca =
@@ -145,9 +194,23 @@ pub fn load_or_create(
             trust_domain: trust_domain.to_string(),
             source,
         })?;
-    store.store(&ca)?;
-    tracing::warn!(store = %store.describe(), "generated a new self-signed mesh root");
-    Ok((ca, RootOrigin::Generated(store.describe())))
+    match store.create(&ca).await? {
+        Created::Stored => {
+            tracing::warn!(store = %store.describe(), "generated a new self-signed mesh root");
+            Ok((ca, RootOrigin::Generated(store.describe())))
+        }
+        Created::AlreadyExists => {
+            // Another replica generated at the same time and its create won. Ours never
+            // signed anything: drop it and use the one every replica will load.
+            drop(ca);
+            let stored = store.load().await?.ok_or_else(|| RootError::Vanished {
+                store: store.describe(),
+            })?;
+            tracing::info!(store = %store.describe(),
+                "another replica stored a root first; using it instead of the one generated here");
+            Ok((stored, RootOrigin::StoredByPeer(store.describe())))
+        }
+    }
 }
 
 enum Presence {
@@ -219,18 +282,18 @@ mod tests {
         fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
 
-    #[test]
-    fn generates_once_and_persists_privately() {
+    #[tokio::test]
+    async fn generates_once_and_persists_privately() {
         let tmp = TempDir::new("generate");
         let store = LocalDirStore {
             dir: tmp.0.join("store"),
         };
-        let (first, origin) = load_or_create(None, &store, "cluster.local").unwrap();
+        let (first, origin) = load_or_create(None, &store, "cluster.local").await.unwrap();
         assert!(matches!(origin, RootOrigin::Generated(_)));
         assert_eq!(mode(&store.dir.join("ca-key.pem")), 0o600);
         assert_eq!(mode(&store.dir), 0o700);
 
-        let (again, origin) = load_or_create(None, &store, "cluster.local").unwrap();
+        let (again, origin) = load_or_create(None, &store, "cluster.local").await.unwrap();
         assert!(matches!(origin, RootOrigin::Stored(_)));
         assert_eq!(
             first.roots(),
@@ -239,13 +302,15 @@ mod tests {
         );
     }
 
-    #[test]
-    fn partial_store_is_an_error_and_left_alone() {
+    #[tokio::test]
+    async fn partial_store_is_an_error_and_left_alone() {
         let tmp = TempDir::new("partial");
         let store = LocalDirStore { dir: tmp.0.clone() };
         fs::create_dir_all(&tmp.0).unwrap();
         fs::write(tmp.0.join("ca-key.pem"), "someone's key").unwrap();
-        let err = load_or_create(None, &store, "cluster.local").unwrap_err();
+        let err = load_or_create(None, &store, "cluster.local")
+            .await
+            .unwrap_err();
         assert!(matches!(err, RootError::Partial { .. }), "{err}");
         assert_eq!(
             fs::read_to_string(tmp.0.join("ca-key.pem")).unwrap(),
@@ -254,8 +319,8 @@ mod tests {
         assert!(!tmp.0.join("ca-cert.pem").exists());
     }
 
-    #[test]
-    fn plug_in_ca_wins_and_a_broken_one_stops_start_up() {
+    #[tokio::test]
+    async fn plug_in_ca_wins_and_a_broken_one_stops_start_up() {
         let tmp = TempDir::new("plugin");
         let plug_in = tmp.0.join("cacerts");
         let org = CertificateAuthority::generate("cluster.local").unwrap();
@@ -264,29 +329,36 @@ mod tests {
             dir: tmp.0.join("store"),
         };
         // Something already stored: the plug-in CA still takes precedence.
-        load_or_create(None, &store, "cluster.local").unwrap();
+        load_or_create(None, &store, "cluster.local").await.unwrap();
 
-        let (ca, origin) = load_or_create(Some(&plug_in), &store, "cluster.local").unwrap();
+        let (ca, origin) = load_or_create(Some(&plug_in), &store, "cluster.local")
+            .await
+            .unwrap();
         assert_eq!(origin, RootOrigin::PlugIn(plug_in.clone()));
         assert_eq!(ca.roots(), org.roots());
 
         fs::write(plug_in.join("ca-key.pem"), "not a key").unwrap();
-        let err = load_or_create(Some(&plug_in), &store, "cluster.local").unwrap_err();
+        let err = load_or_create(Some(&plug_in), &store, "cluster.local")
+            .await
+            .unwrap_err();
         assert!(matches!(err, RootError::PlugIn { .. }), "{err}");
     }
 
-    #[test]
-    fn empty_plug_in_dir_means_no_plug_in() {
+    #[tokio::test]
+    async fn empty_plug_in_dir_means_no_plug_in() {
         let tmp = TempDir::new("plugin-empty");
         let plug_in = tmp.0.join("cacerts");
         fs::create_dir_all(&plug_in).unwrap();
         let store = LocalDirStore {
             dir: tmp.0.join("store"),
         };
-        let (_, origin) = load_or_create(Some(&plug_in), &store, "cluster.local").unwrap();
+        let (_, origin) = load_or_create(Some(&plug_in), &store, "cluster.local")
+            .await
+            .unwrap();
         assert!(matches!(origin, RootOrigin::Generated(_)));
-        let (_, origin) =
-            load_or_create(Some(&tmp.0.join("absent")), &store, "cluster.local").unwrap();
+        let (_, origin) = load_or_create(Some(&tmp.0.join("absent")), &store, "cluster.local")
+            .await
+            .unwrap();
         assert!(matches!(origin, RootOrigin::Stored(_)));
     }
 }
