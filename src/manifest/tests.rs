@@ -430,7 +430,7 @@ fn control_plane_rbac_is_least_privilege() {
 /// and writes: the root Secret (`--ca-root-secret`), the published ConfigMap and its key.
 #[test]
 fn control_plane_persists_its_root_where_rbac_allows_and_publishes_what_ztunnel_mounts() {
-    use control_plane::ca_service::root;
+    use ::control_plane::ca_service::root;
     let objects = default_objects();
     let spec = deployment(&objects, CONTROL_PLANE)
         .spec
