@@ -299,3 +299,85 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The whole control plane (`run`) with `--kube --ca-root-secret` on an empty cluster: it
+/// starts without a plug-in CA, persists its root, publishes it, and is ready only once
+/// the ConfigMap holds its root.
+#[tokio::test]
+async fn control_plane_on_an_empty_cluster_persists_publishes_and_only_then_is_ready() {
+    use control_plane::run::{self, ConfigSource, Options, Readiness};
+
+    let replay = KubeReplay::start_with(vec![
+        kr::NAMESPACE,
+        kr::POD,
+        kr::SERVICE,
+        kr::ENDPOINT_SLICE,
+        kr::AUTHORIZATION_POLICY,
+        kr::PEER_AUTHENTICATION,
+        kr::SECRET,
+        kr::CONFIG_MAP,
+        kr::TOKEN_REVIEW,
+    ])
+    .await
+    .unwrap();
+    // Publishing fails until lifted: the replica must stay unready meanwhile.
+    replay.fail_next(&kr::CONFIG_MAP, usize::MAX, 403);
+    let opts = Options {
+        source: ConfigSource::Kube {
+            api_url: Some(replay.url()),
+        },
+        cacerts: Some(PathBuf::from("/nonexistent/cacerts")),
+        ca_store: None,
+        ca_root_secret: Some(SECRET.to_owned()),
+        namespace: Some(NS.to_owned()),
+        bootstrap_tokens: None,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        readiness: "127.0.0.1:0".parse().unwrap(),
+        trust_domain: TD.to_owned(),
+        identity: mesh::identity::Identity::new(TD, NS, "ambit-control-plane").unwrap(),
+        poll: Duration::from_millis(50),
+        debounce: Duration::from_millis(10),
+        serving_cert_lifetime: Duration::from_secs(3600),
+    };
+    let readiness = Readiness::default();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(run::run(opts, readiness.clone(), async {
+        let _ = stop_rx.await;
+    }));
+
+    // The root is persisted, and publishing is being attempted (and refused) a few times.
+    replay
+        .wait_until("three refused ConfigMap reads", WAIT, |a| {
+            a.requests
+                .iter()
+                .filter(|r| r.plural.as_deref() == Some("configmaps") && r.status == 403)
+                .count()
+                >= 3
+        })
+        .await
+        .unwrap();
+    let secret = replay.get("Secret", NS, SECRET).expect("root persisted");
+    assert!(
+        !readiness.is_ready(),
+        "not ready before the root is published"
+    );
+    assert!(!server.is_finished(), "publishing errors must not stop it");
+
+    replay.clear_failures();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !readiness.is_ready() {
+        assert!(tokio::time::Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        configmap_bundle(&replay),
+        secret_value(&secret, "root-cert.pem"),
+        "ztunnels get the root the Secret holds"
+    );
+    let _ = stop_tx.send(());
+    tokio::time::timeout(WAIT, server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
