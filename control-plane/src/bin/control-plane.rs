@@ -107,8 +107,16 @@ fn options(args: Args) -> Result<Options, FlagError> {
              generated root is kept)",
         ));
     }
-    if args.ca_root_secret.as_deref() == Some("") {
-        return Err(bad("--ca-root-secret", "must not be empty"));
+    match args.ca_root_secret.as_deref() {
+        Some("") => return Err(bad("--ca-root-secret", "must not be empty")),
+        // clap's `requires` does not see a bool flag's absence; say it here.
+        Some(_) if !args.kube => {
+            return Err(bad(
+                "--ca-root-secret",
+                "needs --kube (the Secret is read and created through the Kubernetes API)",
+            ))
+        }
+        _ => {}
     }
     let namespace = args.namespace.filter(|ns| !ns.is_empty());
     if !args.kube && args.bootstrap_tokens.is_none() {
