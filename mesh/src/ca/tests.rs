@@ -365,3 +365,27 @@ fn sign_csr_rejects_a_tampered_csr() {
         CaError::CsrSignature
     );
 }
+
+#[test]
+fn cacerts_pem_round_trips_and_debug_hides_the_key() {
+    let ca = CertificateAuthority::generate("cluster.local").unwrap();
+    let files = ca.to_cacerts_pem();
+    let again = CertificateAuthority::from_cacerts_pem(&files).unwrap();
+    assert_eq!(again.roots(), ca.roots());
+    assert_eq!(again.ca_chain(), ca.ca_chain());
+    assert!(files.ca_key.contains("PRIVATE KEY"));
+    let shown = format!("{files:?}");
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    assert!(shown.contains("<redacted>"));
+
+    // The same checks as a directory: a key that does not match is refused.
+    let other = CertificateAuthority::generate("cluster.local").unwrap();
+    let mixed = CacertsPem {
+        ca_key: other.to_cacerts_pem().ca_key,
+        ..files
+    };
+    assert_eq!(
+        CertificateAuthority::from_cacerts_pem(&mixed).unwrap_err(),
+        CaError::KeyMismatch
+    );
+}
