@@ -1,14 +1,16 @@
 //! End to end under `--kube`: a ztunnel whose only credential is its projected service-account
-//! token (as the shipped manifest gives it) gets both its config (xDS) and its certificates
-//! from the control plane, which checks the token with a TokenReview against the fake API
-//! server; a token the API server does not recognise gets neither. Real control-plane and
-//! ztunnel processes in network namespaces (needs root).
+//! token (as the shipped manifest gives it) gets its config (xDS) from the control plane, which
+//! checks the token with a TokenReview against the fake API server, and the same token gets
+//! certificates for the node's pods; a token the API server does not recognise gets neither.
+//! Real control-plane and ztunnel processes in network namespaces (needs root).
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
+use mesh::caclient::{CaClient, CaClientConfig, CaClientError, TokenSource};
+use mesh::identity::Identity;
 use testbed::kube_replay::{self as kr, KubeReplay};
 
 /// What ztunnel-n1's projected token (audience `istio-ca`) is, as far as the fake API server
@@ -49,12 +51,6 @@ fn has_workload(dump: &serde_json::Value, name: &str) -> bool {
         .is_some_and(|ws| ws.iter().any(|w| w["name"] == name))
 }
 
-fn has_certificate(dump: &serde_json::Value, identity: &str) -> bool {
-    dump["certificates"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["identity"] == identity))
-}
-
 #[test]
 fn ztunnel_with_only_a_service_account_token_gets_config_and_certificates() {
     let mut fx = Fixture::new("cp-kube-sa", ztunnel_binary());
@@ -62,7 +58,6 @@ fn ztunnel_with_only_a_service_account_token_gets_config_and_certificates() {
     let n1 = fx.add_node("n1");
     let n2 = fx.add_node("n2");
     let client = fx.add_captured_pod(&n1, "client");
-    let other = fx.add_captured_pod(&n2, "other");
 
     // The fake API server listens inside the control plane's host, where the process can
     // reach it; its tasks run on this runtime.
@@ -107,37 +102,48 @@ fn ztunnel_with_only_a_service_account_token_gets_config_and_certificates() {
     // n1's ztunnel: the same token file for xDS and the CA, as the manifest mounts it.
     let z1 = start_ztunnel(&fx, &cp, &n1, ZTUNNEL_N1_TOKEN);
     z1.serve(&[(&client, "default", "client-sa")]);
-    let client_id = format!("{ID_PREFIX}default/sa/client-sa");
-    wait_until(
-        "n1's ztunnel has the mesh config and the client's certificate",
-        Duration::from_secs(20),
-        || {
-            let dump = z1.config_dump();
-            has_workload(&dump, "client") && has_certificate(&dump, &client_id)
-        },
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let dump = z1.config_dump();
+        if has_workload(&dump, "client") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n1's ztunnel has no mesh config: {dump:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Certificates with the same token, as n1's ztunnel asks for them (it fetches lazily, on
+    // first traffic): its pod's identity is granted, since the reviewed token binds the
+    // caller to node n1; an identity of a pod on no node of the caller's is not.
+    let (own, foreign) = fetch_certificates(&fx, &cp, &n1, ZTUNNEL_N1_TOKEN);
+    assert_eq!(
+        own.expect("the ztunnel SA token gets its pod's identity")
+            .identity
+            .to_string(),
+        format!("{ID_PREFIX}default/sa/client-sa")
     );
-    // The xDS stream and the certificate request carried the same token: one review, the
+    assert_eq!(rpc_code(foreign), Some(tonic::Code::PermissionDenied));
+    // The xDS stream and both certificate requests carried the same token: one review, the
     // rest answered from the control plane's cache.
     assert_eq!(reviews_of(&replay, ZTUNNEL_N1_TOKEN), 1);
 
-    // n2's ztunnel presents a token the API server does not recognise, and has a pod to
-    // serve (so it asks the CA too; its readiness never comes, so no `serve`).
+    // n2's ztunnel presents a token the API server does not recognise.
     let z2 = start_ztunnel(&fx, &cp, &n2, UNKNOWN_TOKEN);
-    z2.agent
-        .add_pod(&other, "default", "other-sa")
-        .expect("ztunnel takes the pod");
-    z2.agent.snapshot_sent().expect("snapshot ack");
     let n2_ip = n2.ip.to_string();
     wait_until(
-        "the control plane refuses n2's xDS stream and certificate request",
+        "the control plane refuses n2's xDS stream",
         Duration::from_secs(20),
         || {
-            let log = cp.log_text();
-            log.lines()
+            cp.log_text()
+                .lines()
                 .any(|l| l.contains("xDS stream refused") && l.contains(&n2_ip))
-                && log.contains("CA request refused: not authenticated")
         },
     );
+    let (own, _) = fetch_certificates(&fx, &cp, &n2, UNKNOWN_TOKEN);
+    assert_eq!(rpc_code(own), Some(tonic::Code::Unauthenticated));
     assert!(reviews_of(&replay, UNKNOWN_TOKEN) >= 1);
     let refusal = cp
         .log_text()
@@ -152,8 +158,57 @@ fn ztunnel_with_only_a_service_account_token_gets_config_and_certificates() {
     );
     let dump = z2.config_dump();
     assert!(!has_workload(&dump, "client"), "n2 got config: {dump}");
-    assert!(
-        !has_certificate(&dump, &format!("{ID_PREFIX}default/sa/other-sa")),
-        "n2 got a certificate: {dump}"
-    );
+}
+
+type Fetched = Result<mesh::cert::WorkloadCertificate, CaClientError>;
+
+/// From `node`'s network, with `token`: a certificate for the client pod's identity and one
+/// for an identity no pod on any node runs as.
+fn fetch_certificates(
+    fx: &Fixture,
+    cp: &ControlPlane,
+    node: &Node,
+    token: &str,
+) -> (Fetched, Fetched) {
+    let roots = mesh::ca::CertificateAuthority::from_cacerts_dir(&fx.ca_dir)
+        .unwrap()
+        .roots()
+        .to_vec();
+    let address = cp.address();
+    let token = token.to_string();
+    node.netns.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ca = CaClient::new(CaClientConfig {
+                address,
+                roots,
+                server_identity: Identity::new(
+                    "cluster.local",
+                    "istio-system",
+                    "ambit-control-plane",
+                )
+                .unwrap(),
+                token: TokenSource::Static(token),
+                lifetime: Duration::from_secs(600),
+                cluster_id: None,
+            })
+            .unwrap();
+            let own = Identity::new("cluster.local", "default", "client-sa").unwrap();
+            let foreign = Identity::new("cluster.local", "default", "server-sa").unwrap();
+            (
+                ca.fetch_certificate(&own).await,
+                ca.fetch_certificate(&foreign).await,
+            )
+        })
+    })
+}
+
+fn rpc_code(result: Fetched) -> Option<tonic::Code> {
+    match result {
+        Err(CaClientError::Rpc { code, .. }) => Some(code),
+        _ => None,
+    }
 }
