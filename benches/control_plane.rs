@@ -18,7 +18,8 @@
 //!    `control_plane/ztunnel_rss.rs`). Target: under 300 bytes per workload beyond a fixed base.
 //!
 //! Environment: `BENCH_QUICK=1` (settle 3 s instead of 12 s before the ztunnel RSS reading),
-//! `AMBIT_ZTUNNEL=<path>` (another ztunnel binary), `BENCH_SKIP_ZTUNNEL=1`.
+//! `AMBIT_ZTUNNEL=<path>` (another ztunnel binary), `BENCH_SKIP_ZTUNNEL=1`,
+//! `BENCH_ONLY_ZTUNNEL=1` (translation and the ztunnel part only: no xDS push or pod changes).
 
 #[path = "control_plane/gen.rs"]
 mod gen;
@@ -60,6 +61,7 @@ fn main() {
         return;
     }
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
+    let only_ztunnel = std::env::var("BENCH_ONLY_ZTUNNEL").is_ok_and(|v| v == "1");
     let started = Instant::now();
     let mut out = Report::default();
     let rss = || procfs::status_kib(std::process::id() as i32, "VmRSS");
@@ -136,6 +138,50 @@ fn main() {
         format!("{:.2}", snapshot_bytes as f64 / 1e6),
     );
 
+    // 2.–3. need the 50 in-process subscribers (most of the run time and 500 MiB);
+    // `BENCH_ONLY_ZTUNNEL=1` skips them when only ztunnel's memory is being worked on.
+    if only_ztunnel {
+        out.line("xDS push and one-pod change: skipped (BENCH_ONLY_ZTUNNEL=1)".into());
+    } else {
+        let rss = BenchRss {
+            start: rss_start,
+            objects: rss_objects,
+            state: rss_state,
+        };
+        xds_part(&mut out, &state, &inputs, &mut objects, &cfg, rss);
+    }
+
+    // 5. ztunnel.
+    if std::env::var("BENCH_SKIP_ZTUNNEL").is_ok_and(|v| v == "1") {
+        out.line("ztunnel RSS: skipped (BENCH_SKIP_ZTUNNEL=1)".into());
+    } else if !nix::unistd::geteuid().is_root() {
+        out.line("ztunnel RSS: skipped (needs root for the netns test bed)".into());
+    } else {
+        ztunnel_part(&mut out, &inputs, if quick { 3 } else { 12 });
+    }
+    out.line(format!(
+        "total bench time {:.0} s",
+        started.elapsed().as_secs_f64()
+    ));
+    out.print_and_write(&target_dir().join("bench-control-plane.md"));
+}
+
+/// Parts 2 and 3: the in-process xDS server, the first push to the subscribers and the
+/// one-pod changes, with the bench process RSS along the way.
+fn xds_part(
+    out: &mut Report,
+    state: &Arc<mesh::model::State>,
+    inputs: &control_plane::StateInputs,
+    objects: &mut [Object],
+    cfg: &TranslateConfig,
+    rss: BenchRss,
+) {
+    let BenchRss {
+        start: rss_start,
+        objects: rss_objects,
+        state: rss_state,
+    } = rss;
+    let rss = || procfs::status_kib(std::process::id() as i32, "VmRSS");
     // 2. Server and 50 subscribers.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -189,11 +235,11 @@ fn main() {
         let mut rounds = Vec::new();
         for (round, &p) in MOVED_PODS.iter().enumerate() {
             let new_ip = format!("10.2.0.{}", round + 1);
-            let index = pod_index(&objects, p);
+            let index = pod_index(objects, p);
             let mut doc = parse_documents(&gen::pod_yaml(p, &new_ip));
             objects[index] = doc.remove(0).expect("pod YAML");
             let t0 = Instant::now();
-            let next = translate(&objects, &cfg);
+            let next = translate(objects, cfg);
             let moved = next
                 .state_inputs
                 .workloads
@@ -281,20 +327,13 @@ fn main() {
         mib(rss_server.saturating_sub(rss_objects))
     ));
     drop(rt);
+}
 
-    // 5. ztunnel.
-    if std::env::var("BENCH_SKIP_ZTUNNEL").is_ok_and(|v| v == "1") {
-        out.line("ztunnel RSS: skipped (BENCH_SKIP_ZTUNNEL=1)".into());
-    } else if !nix::unistd::geteuid().is_root() {
-        out.line("ztunnel RSS: skipped (needs root for the netns test bed)".into());
-    } else {
-        ztunnel_part(&mut out, &inputs, if quick { 3 } else { 12 });
-    }
-    out.line(format!(
-        "total bench time {:.0} s",
-        started.elapsed().as_secs_f64()
-    ));
-    out.print_and_write(&target_dir().join("bench-control-plane.md"));
+/// The bench process's VmRSS (KiB) before the xDS part.
+struct BenchRss {
+    start: u64,
+    objects: u64,
+    state: u64,
 }
 
 struct Push {

@@ -31,8 +31,10 @@ use crate::identity::{Identity, IdentityError};
 pub mod local_config;
 mod state;
 mod validate;
+mod workload_services;
 
 pub use state::State;
+pub use workload_services::{ServicePorts, WorkloadServices};
 
 #[cfg(test)]
 mod config_tests;
@@ -96,7 +98,7 @@ pub struct Workload {
     pub authorization_policies: Vec<String>,
     /// Services this workload backs: `namespace/hostname` → (service port → target port).
     /// This is Istio's `LocalWorkload.services` (an xDS `Workload.services` port list).
-    pub services: BTreeMap<String, BTreeMap<u16, u16>>,
+    pub services: WorkloadServices,
 }
 
 /// What the local config file may carry for a workload: [`Workload`]'s fields plus the legacy
@@ -121,7 +123,7 @@ struct WorkloadDe {
     protocol: Protocol,
     status: HealthStatus,
     authorization_policies: Vec<String>,
-    services: BTreeMap<String, BTreeMap<u16, u16>>,
+    services: WorkloadServices,
 }
 
 impl Default for WorkloadDe {

@@ -15,6 +15,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod alloc;
 pub mod app;
 pub mod certsource;
 pub mod config;

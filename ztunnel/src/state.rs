@@ -96,6 +96,11 @@ pub fn watch_local_file(
     let state = mesh::model::local_config::parse(&contents)
         .and_then(|c| c.into_state())
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    // Only a fingerprint is kept to spot unchanged files: the text itself is about 500 bytes
+    // per workload, held for nothing between polls.
+    let fingerprint = Fingerprint::of(&contents);
+    drop(contents);
+    crate::alloc::release_freed_memory();
     let (tx, rx) = watch::channel(Arc::new(state));
     let status = Arc::new(Mutex::new(LoadStatus {
         version: 1,
@@ -106,7 +111,7 @@ pub fn watch_local_file(
         status: status.clone(),
     };
     let watcher = async move {
-        let mut last = contents;
+        let mut last = fingerprint;
         let mut ticker = tokio::time::interval(poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -115,11 +120,13 @@ pub fn watch_local_file(
                 // A file being replaced (rename over) can be briefly missing: try next tick.
                 continue;
             };
-            if now == last {
+            let fingerprint = Fingerprint::of(&now);
+            if fingerprint == last {
                 continue;
             }
             let result = mesh::model::local_config::parse(&now).and_then(|c| c.into_state());
-            last = now;
+            drop(now);
+            last = fingerprint;
             let mut st = status.lock().expect("status lock");
             match result {
                 Ok(state) => {
@@ -136,9 +143,34 @@ pub fn watch_local_file(
                     on_result(false);
                 }
             }
+            drop(st);
+            // The parse garbage, the text and (unless a reader still holds it) the replaced
+            // state are free now; hand their pages back instead of waiting for jemalloc's decay.
+            crate::alloc::release_freed_memory();
         }
     };
     Ok((handle, watcher))
+}
+
+/// What the watcher remembers of the file it applied last: its length and a SipHash of the
+/// text. A change that keeps both is a 2^-64 event, and missing it only delays the reload to
+/// the next real change; keeping the text would cost as much memory as the file.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Fingerprint {
+    len: usize,
+    hash: u64,
+}
+
+impl Fingerprint {
+    fn of(text: &str) -> Fingerprint {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut h);
+        Fingerprint {
+            len: text.len(),
+            hash: h.finish(),
+        }
+    }
 }
 
 fn read(path: &Path) -> Result<String, String> {

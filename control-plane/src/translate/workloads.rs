@@ -473,8 +473,7 @@ fn slice(
             entries[index]
                 .workload
                 .services
-                .entry(svc.key.clone())
-                .or_default()
+                .ports_mut(&svc.key)
                 .extend(ports.iter().map(|(k, v)| (*k, *v)));
         }
     }

@@ -15,6 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::validate::validate;
@@ -141,9 +142,10 @@ impl LocalConfig {
 }
 
 fn parse_unvalidated(yaml: &str) -> Result<LocalConfig, ConfigError> {
-    // First pass: is it YAML, and which of the two forms? A generic value cannot fail on
-    // content, so any error here is syntax.
-    let value: serde_yaml::Value = serde_yaml::from_str(yaml).map_err(|e| {
+    // First pass: is it YAML, and which of the two forms? Only the top level's kind is kept
+    // (a `serde_yaml::Value` of the whole file would cost several times the file in memory
+    // at the peak of a load); the rest is skipped, so any error here is syntax.
+    let top: TopLevel = serde_yaml::from_str(yaml).map_err(|e| {
         let loc = e.location();
         ConfigError::Syntax {
             message: strip_location(&e.to_string()),
@@ -151,21 +153,83 @@ fn parse_unvalidated(yaml: &str) -> Result<LocalConfig, ConfigError> {
             column: loc.as_ref().map(|l| l.column()),
         }
     })?;
-    // Second pass from the text (not the value) so errors keep their line and column.
-    match value {
+    // Second pass from the text so errors keep their line and column.
+    match top {
         // An empty file is an empty config: nothing to serve yet.
-        serde_yaml::Value::Null => Ok(LocalConfig::default()),
-        serde_yaml::Value::Mapping(_) => typed(yaml, ""),
-        serde_yaml::Value::Sequence(_) => Ok(LocalConfig {
+        TopLevel::Null => Ok(LocalConfig::default()),
+        TopLevel::Mapping => typed(yaml, ""),
+        TopLevel::Sequence => Ok(LocalConfig {
             workloads: typed(yaml, "workloads")?,
             ..LocalConfig::default()
         }),
-        serde_yaml::Value::Bool(_) => Err(ConfigError::Shape { found: "a boolean" }),
-        serde_yaml::Value::Number(_) => Err(ConfigError::Shape { found: "a number" }),
-        serde_yaml::Value::String(_) => Err(ConfigError::Shape { found: "a string" }),
-        serde_yaml::Value::Tagged(_) => Err(ConfigError::Shape {
-            found: "a tagged value",
-        }),
+        TopLevel::Other(found) => Err(ConfigError::Shape { found }),
+    }
+}
+
+/// The kind of a YAML document's top-level node, read without building its contents.
+enum TopLevel {
+    Null,
+    Mapping,
+    Sequence,
+    /// A scalar or tagged value, named for the error message.
+    Other(&'static str),
+}
+
+impl<'de> serde::Deserialize<'de> for TopLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TopLevelVisitor)
+    }
+}
+
+struct TopLevelVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TopLevelVisitor {
+    type Value = TopLevel;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a YAML document")
+    }
+    fn visit_unit<E>(self) -> Result<TopLevel, E> {
+        Ok(TopLevel::Null)
+    }
+    fn visit_none<E>(self) -> Result<TopLevel, E> {
+        Ok(TopLevel::Null)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TopLevel, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(TopLevel::Mapping)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<TopLevel, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(TopLevel::Sequence)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a boolean"))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+    fn visit_i128<E>(self, _: i128) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+    fn visit_u128<E>(self, _: u128) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a string"))
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<TopLevel, A::Error> {
+        // serde_yaml hands a `!tag value` to visitors as an enum.
+        use serde::de::VariantAccess;
+        let (IgnoredAny, variant) = data.variant::<IgnoredAny>()?;
+        variant.newtype_variant::<IgnoredAny>()?;
+        Ok(TopLevel::Other("a tagged value"))
     }
 }
 

@@ -13,6 +13,9 @@ use serde_json::{json, Value};
 use super::validate::validate;
 use super::{Endpoint, HealthStatus, ModelError, ModelWarning, Service, Workload};
 use crate::authz::{Authorization, PeerAuthentication, Scope};
+use workload_index::WorkloadIndex;
+
+mod workload_index;
 
 /// An immutable, indexed snapshot of everything ztunnel knows. Cheap to share (Arc); replaced
 /// whole on each config change.
@@ -25,12 +28,8 @@ pub struct State {
     peer_auths: Vec<PeerAuthentication>,
     warnings: Vec<ModelWarning>,
 
-    by_uid: HashMap<String, Arc<Workload>>,
-    /// (namespace, name) → the first workload of that name, in config order.
-    by_name: HashMap<(String, String), Arc<Workload>>,
-    /// IP → network → workload. Ordered by network so the default network ("") wins a lookup
-    /// that does not say which network it means.
-    by_ip: HashMap<IpAddr, BTreeMap<String, Arc<Workload>>>,
+    /// By uid, by name and by IP, as positions in `workloads` (no key copies).
+    workload_index: WorkloadIndex,
     services_by_vip: HashMap<IpAddr, BTreeMap<String, Arc<Service>>>,
     services_by_key: HashMap<String, Arc<Service>>,
     /// `namespace/hostname` → workloads backing it, sorted by uid so endpoint order is stable
@@ -53,6 +52,13 @@ impl State {
         peer_auths: Vec<PeerAuthentication>,
     ) -> Result<State, ModelError> {
         workloads.iter_mut().for_each(Workload::apply_defaults);
+        // The state is frozen from here on: spare capacity left by whoever built the lists
+        // would be held for the state's lifetime, once per workload.
+        for w in &mut workloads {
+            w.workload_ips.shrink_to_fit();
+            w.authorization_policies.shrink_to_fit();
+            w.services.shrink_to_fit();
+        }
         let warnings = validate(&workloads, &services, &policies, &peer_auths)?;
 
         let mut state = State {
@@ -62,20 +68,9 @@ impl State {
             ..State::default()
         };
 
-        for w in workloads {
-            let w = Arc::new(w);
-            state.by_uid.insert(w.uid.clone(), w.clone());
-            state
-                .by_name
-                .entry((w.namespace.clone(), w.name.clone()))
-                .or_insert_with(|| w.clone());
-            for ip in &w.workload_ips {
-                state
-                    .by_ip
-                    .entry(*ip)
-                    .or_default()
-                    .insert(w.network.clone(), w.clone());
-            }
+        state.workloads = workloads.into_iter().map(Arc::new).collect();
+        state.workload_index = WorkloadIndex::new(&state.workloads);
+        for w in &state.workloads {
             for key in w.services.keys() {
                 state
                     .backends
@@ -83,10 +78,10 @@ impl State {
                     .or_default()
                     .push(w.clone());
             }
-            state.workloads.push(w);
         }
         for backends in state.backends.values_mut() {
             backends.sort_by(|a, b| a.uid.cmp(&b.uid));
+            backends.shrink_to_fit();
         }
 
         for svc in services {
@@ -121,22 +116,27 @@ impl State {
     /// The workload with this IP. When several networks use the IP, the default network ("")
     /// wins, then the lexically first network; use [`State::workload_by_addr`] to say which.
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
-        self.by_ip.get(&ip)?.values().next()
+        let i = self.workload_index.by_ip(ip)?;
+        self.workloads.get(i)
     }
 
     /// The workload with this IP in this network.
     pub fn workload_by_addr(&self, network: &str, ip: IpAddr) -> Option<&Arc<Workload>> {
-        self.by_ip.get(&ip)?.get(network)
+        let i = self.workload_index.by_addr(&self.workloads, network, ip)?;
+        self.workloads.get(i)
     }
 
     pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {
-        self.by_uid.get(uid)
+        self.workload_index.by_uid(uid)
     }
 
     /// The workload of this name; names need not be unique (e.g. across clusters), in which
     /// case the first in config order is returned.
     pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
-        self.by_name.get(&(namespace.to_string(), name.to_string()))
+        let i = self
+            .workload_index
+            .by_name(&self.workloads, namespace, name)?;
+        self.workloads.get(i)
     }
 
     /// The service with this VIP; network preference as in [`State::workload_by_ip`].

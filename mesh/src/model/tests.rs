@@ -483,3 +483,84 @@ fn network_address_parses_istio_form() {
         assert!(bad.parse::<NetworkAddress>().is_err(), "{bad:?}");
     }
 }
+
+/// The position-based indices answer like the owned-key maps they replaced: a name used twice
+/// (two clusters) gives the first in config order, a network-qualified lookup of an IP held in
+/// one network only misses in another network, and a shared IP resolves per network.
+#[test]
+fn position_indices_keep_lookup_rules() {
+    let mut east = wl("prod", "api", &["10.0.0.1"]);
+    east.cluster_id = "east".into();
+    let mut west = wl("prod", "api", &["10.0.0.2"]);
+    west.cluster_id = "west".into();
+    let mut west_shared = wl("prod", "db", &["10.0.0.3"]);
+    west_shared.network = "west".into();
+    let mut east_shared = wl("prod", "db-east", &["10.0.0.3"]);
+    east_shared.network = "east".into();
+    let state = State::new(
+        vec![
+            wl("a", "zz", &["10.0.0.9"]),
+            east,
+            west,
+            west_shared,
+            east_shared,
+        ],
+        vec![],
+        vec![],
+        vec![],
+    )
+    .unwrap();
+
+    let api = state.workload_by_name("prod", "api").unwrap();
+    assert_eq!(api.cluster_id, "east", "first in config order");
+    assert!(state.workload_by_name("prod", "ap").is_none());
+    assert!(state.workload_by_name("prod", "api2").is_none());
+    assert!(state.workload_by_name("a", "api").is_none());
+    assert_eq!(state.workload_by_name("a", "zz").unwrap().name, "zz");
+
+    assert_eq!(
+        state
+            .workload_by_addr("", ip("10.0.0.2"))
+            .unwrap()
+            .cluster_id,
+        "west"
+    );
+    assert!(state.workload_by_addr("east", ip("10.0.0.2")).is_none());
+    // No default-network owner: the lexically first network wins the unqualified lookup.
+    assert_eq!(
+        state.workload_by_ip(ip("10.0.0.3")).unwrap().name,
+        "db-east"
+    );
+    assert_eq!(
+        state.workload_by_addr("west", ip("10.0.0.3")).unwrap().name,
+        "db"
+    );
+    assert!(state.workload_by_addr("", ip("10.0.0.3")).is_none());
+
+    let uid = "west//v1/Pod/prod/api";
+    assert_eq!(
+        state.workload_by_uid(uid).unwrap().workload_ips,
+        vec![ip("10.0.0.2")]
+    );
+    assert!(state.workload_by_uid("west//v1/Pod/prod/ap").is_none());
+}
+
+/// A `State` is frozen: the per-workload lists keep no spare capacity from how they were built
+/// (a `Vec` grown by pushes holds up to twice its length, once per workload of the mesh).
+#[test]
+fn state_lists_keep_no_spare_capacity() {
+    let mut w = wl("prod", "api", &[]);
+    for i in 0..5u8 {
+        w.workload_ips.push(IpAddr::from([10, 0, 1, i]));
+        w.authorization_policies.push(format!("prod/p{i}"));
+        w.services
+            .ports_mut(&format!("prod/s{i}.svc"))
+            .insert(80, 8080);
+    }
+    assert!(w.workload_ips.capacity() > 5, "pushes leave spare capacity");
+    let state = State::new(vec![w], vec![], vec![], vec![]).unwrap();
+    let w = state.workloads().next().unwrap();
+    assert_eq!(w.workload_ips.capacity(), 5);
+    assert_eq!(w.authorization_policies.capacity(), 5);
+    assert_eq!(w.services.capacity(), 5);
+}

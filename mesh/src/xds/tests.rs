@@ -38,7 +38,8 @@ fn workload() -> Workload {
         services: BTreeMap::from([(
             "shop/web.shop.svc.cluster.local".to_string(),
             BTreeMap::from([(80, 8080), (443, 8443)]),
-        )]),
+        )])
+        .into(),
     }
 }
 
@@ -449,7 +450,7 @@ proptest! {
             protocol: if hbone { Protocol::Hbone } else { Protocol::Tcp },
             status: if healthy { HealthStatus::Healthy } else { HealthStatus::Unhealthy },
             workload_type: kind.to_string(),
-            services,
+            services: services.into(),
             ..workload()
         };
         let bytes = workload_to_proto(&w).encode_to_vec();

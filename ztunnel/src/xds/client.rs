@@ -222,6 +222,12 @@ impl XdsClient {
         while let Some(resp) = responses.message().await? {
             *got_response = true;
             let reply = self.handle(&resp);
+            drop(resp);
+            // The decoded response, the per-resource decode garbage and (unless a reader still
+            // holds it) the replaced state are free now: hand the pages back at once rather
+            // than on jemalloc's decay timer, which a quiet stream never advances. Responses
+            // are debounced by the control plane, so this runs at most a few times a second.
+            crate::alloc::release_freed_memory();
             if tx.send(reply).await.is_err() {
                 // The request side is gone: the stream is over; the next message() says why.
                 continue;
