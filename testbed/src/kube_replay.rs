@@ -26,14 +26,23 @@
 //! assertions, and [`wait_until`](KubeReplay::wait_until) lets a test wait for client activity
 //! without sleeping.
 //!
-//! Not modelled: writes from clients (POST/PUT/PATCH/DELETE answer 405), streaming lists
-//! (`sendInitialEvents`, answered 400), set-based label selectors, authentication, TLS.
+//! Client writes (see `writes.rs`): create (`201`, or `409 AlreadyExists`), replace (`409
+//! Conflict` from a stale resourceVersion), JSON merge patch, simplified server-side apply and
+//! delete, each reaching watches like a scripted write; `POST tokenreviews` answers from tokens
+//! scripted with [`review_token`](KubeReplay::review_token).
+//!
+//! Not modelled: streaming lists (`sendInitialEvents`, answered 400), set-based label
+//! selectors, subresources (`/status`), field ownership in server-side apply, authentication
+//! of the client itself, TLS.
 
 mod objects;
 pub mod query;
 mod server;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod write_tests;
+mod writes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -86,6 +95,8 @@ pub struct RecordedRequest {
     pub watch: bool,
     /// HTTP status of the answer (a watch refused with an `ERROR` event is still 200).
     pub status: u16,
+    /// The JSON body of a write, as the client sent it.
+    pub body: Option<Value>,
 }
 
 impl RecordedRequest {
@@ -181,6 +192,8 @@ struct State {
     pages: HashMap<String, (u64, Vec<Value>)>,
     next_page: u64,
     failures: Vec<FailRule>,
+    /// What a TokenReview of each bearer token answers.
+    tokens: HashMap<String, TokenIdentity>,
 }
 
 struct Shared {
@@ -272,6 +285,7 @@ impl KubeReplay {
                 pages: HashMap::new(),
                 next_page: 0,
                 failures: Vec::new(),
+                tokens: HashMap::new(),
             }),
             activity: watch::Sender::new(0),
         });
@@ -333,6 +347,35 @@ impl KubeReplay {
         st.objects
             .get(&(res, namespace.to_owned(), name.to_owned()))
             .cloned()
+    }
+
+    /// The stored object of `resource`, if any (for kinds served under two groups, such as
+    /// `Event`, where [`get`](Self::get) would pick the first).
+    pub fn get_in(&self, resource: &Resource, namespace: &str, name: &str) -> Option<Value> {
+        let res = self.shared.resources.iter().position(|r| r == resource)?;
+        let st = self.shared.lock();
+        st.objects
+            .get(&(res, namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Every stored object of `resource`, in (namespace, name) order.
+    pub fn objects(&self, resource: &Resource) -> Vec<Value> {
+        let Some(res) = self.shared.resources.iter().position(|r| r == resource) else {
+            return Vec::new();
+        };
+        let st = self.shared.lock();
+        st.objects
+            .iter()
+            .filter(|((r, _, _), _)| *r == res)
+            .map(|(_, obj)| obj.clone())
+            .collect()
+    }
+
+    /// Makes TokenReviews of `token` answer `identity` (see [`service_account_token`]); any
+    /// other token is reviewed as invalid.
+    pub fn review_token(&self, token: &str, identity: TokenIdentity) {
+        self.shared.lock().tokens.insert(token.to_owned(), identity);
     }
 
     /// Sends a `BOOKMARK` with the current resourceVersion to every open watch that allowed
@@ -463,68 +506,10 @@ impl KubeReplay {
             .await
     }
 
-    fn write(&self, mut obj: Value, seen: bool) -> Result<Value, ReplayError> {
+    fn write(&self, obj: Value, seen: bool) -> Result<Value, ReplayError> {
         let res = self.shared.resource_of(&obj)?;
-        let namespaced = self.shared.resources[res].namespaced;
-        let meta = obj
-            .get_mut("metadata")
-            .and_then(Value::as_object_mut)
-            .ok_or(ReplayError::MissingName)?;
-        let name = meta
-            .get("name")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .ok_or(ReplayError::MissingName)?
-            .to_owned();
-        let namespace = if namespaced {
-            let ns = meta
-                .get("namespace")
-                .and_then(Value::as_str)
-                .unwrap_or("default")
-                .to_owned();
-            meta.insert("namespace".into(), Value::String(ns.clone()));
-            ns
-        } else {
-            meta.remove("namespace");
-            String::new()
-        };
-        let key = (res, namespace, name);
         let mut st = self.shared.lock();
-        st.rv += 1;
-        let rv = st.rv;
-        let old = st.objects.get(&key).cloned();
-        let stored_meta = |field: &str| {
-            old.as_ref()
-                .and_then(|o| o.pointer(&format!("/metadata/{field}")))
-                .cloned()
-        };
-        let uid = stored_meta("uid")
-            .or_else(|| meta.get("uid").cloned())
-            .unwrap_or_else(|| Value::String(format!("00000000-0000-4000-8000-{rv:012}")));
-        let created = stored_meta("creationTimestamp")
-            .unwrap_or_else(|| Value::String(CREATION_TIMESTAMP.to_owned()));
-        meta.insert("uid".into(), uid);
-        meta.insert("creationTimestamp".into(), created);
-        meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
-        st.objects.insert(key, obj.clone());
-        if seen {
-            let kind = if old.is_some() {
-                ChangeKind::Modified
-            } else {
-                ChangeKind::Added
-            };
-            publish(
-                &mut st,
-                Change {
-                    rv,
-                    resource: res,
-                    kind,
-                    old,
-                    new: obj.clone(),
-                },
-            );
-        }
-        Ok(obj)
+        store(&mut st, &self.shared.resources, res, obj, seen)
     }
 
     fn remove(
@@ -536,34 +521,108 @@ impl KubeReplay {
     ) -> Result<Value, ReplayError> {
         let res = self.shared.resource_by_kind(kind)?;
         let mut st = self.shared.lock();
-        let key = (res, namespace.to_owned(), name.to_owned());
-        let mut obj = st
-            .objects
-            .remove(&key)
-            .ok_or_else(|| ReplayError::NotFound {
-                kind: kind.to_owned(),
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            })?;
-        st.rv += 1;
-        let rv = st.rv;
-        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
-        }
-        if seen {
-            publish(
-                &mut st,
-                Change {
-                    rv,
-                    resource: res,
-                    kind: ChangeKind::Deleted,
-                    old: None,
-                    new: obj.clone(),
-                },
-            );
-        }
-        Ok(obj)
+        unstore(&mut st, res, namespace, name, seen).ok_or_else(|| ReplayError::NotFound {
+            kind: kind.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
     }
+}
+
+/// Removes an object, stamping its last state with the deletion's resourceVersion, and when
+/// `seen` sends `DELETED`. `None` if there was no such object.
+fn unstore(st: &mut State, res: usize, namespace: &str, name: &str, seen: bool) -> Option<Value> {
+    let key = (res, namespace.to_owned(), name.to_owned());
+    let mut obj = st.objects.remove(&key)?;
+    st.rv += 1;
+    let rv = st.rv;
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
+    }
+    if seen {
+        publish(
+            st,
+            Change {
+                rv,
+                resource: res,
+                kind: ChangeKind::Deleted,
+                old: None,
+                new: obj.clone(),
+            },
+        );
+    }
+    Some(obj)
+}
+
+/// Stores `obj` as an object of `resources[res]` (server-set metadata filled in: namespace
+/// default, uid, creationTimestamp, a new resourceVersion) and, when `seen`, tells the watches.
+/// Shared by scripted writes and by clients' POST/PUT/PATCH.
+fn store(
+    st: &mut State,
+    resources: &[Resource],
+    res: usize,
+    mut obj: Value,
+    seen: bool,
+) -> Result<Value, ReplayError> {
+    let namespaced = resources[res].namespaced;
+    let meta = obj
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .ok_or(ReplayError::MissingName)?;
+    let name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or(ReplayError::MissingName)?
+        .to_owned();
+    let namespace = if namespaced {
+        let ns = meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_owned();
+        meta.insert("namespace".into(), Value::String(ns.clone()));
+        ns
+    } else {
+        meta.remove("namespace");
+        String::new()
+    };
+    let key = (res, namespace, name);
+    st.rv += 1;
+    let rv = st.rv;
+    let old = st.objects.get(&key).cloned();
+    let stored_meta = |field: &str| {
+        old.as_ref()
+            .and_then(|o| o.pointer(&format!("/metadata/{field}")))
+            .cloned()
+    };
+    let uid = stored_meta("uid")
+        .or_else(|| meta.get("uid").cloned())
+        .unwrap_or_else(|| Value::String(format!("00000000-0000-4000-8000-{rv:012}")));
+    let created = stored_meta("creationTimestamp")
+        .unwrap_or_else(|| Value::String(CREATION_TIMESTAMP.to_owned()));
+    meta.insert("uid".into(), uid);
+    meta.insert("creationTimestamp".into(), created);
+    meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
+    st.objects.insert(key, obj.clone());
+    if seen {
+        let kind = if old.is_some() {
+            ChangeKind::Modified
+        } else {
+            ChangeKind::Added
+        };
+        publish(
+            st,
+            Change {
+                rv,
+                resource: res,
+                kind,
+                old,
+                new: obj.clone(),
+            },
+        );
+    }
+    Ok(obj)
 }
 
 /// Records a change and sends it to every open watch it concerns.

@@ -85,8 +85,18 @@ pub const ENDPOINT_SLICE: Resource = Resource {
 };
 
 /// What [`super::KubeReplay::start`] serves.
-pub const DEFAULT_RESOURCES: &[Resource] =
-    &[POD, NAMESPACE, NODE, SERVICE, CONFIG_MAP, ENDPOINT_SLICE];
+pub const DEFAULT_RESOURCES: &[Resource] = &[
+    POD,
+    NAMESPACE,
+    NODE,
+    SERVICE,
+    CONFIG_MAP,
+    ENDPOINT_SLICE,
+    SECRET,
+    CORE_EVENT,
+    EVENT,
+    TOKEN_REVIEW,
+];
 
 /// The `creationTimestamp` every stored object gets (fixed, so tests stay deterministic).
 pub const CREATION_TIMESTAMP: &str = "2024-01-01T00:00:00Z";
@@ -204,3 +214,82 @@ pub const PEER_AUTHENTICATION: Resource = Resource {
     plural: "peerauthentications",
     namespaced: true,
 };
+/// Core `v1` Secret.
+pub const SECRET: Resource = Resource {
+    group: "",
+    version: "v1",
+    kind: "Secret",
+    plural: "secrets",
+    namespaced: true,
+};
+/// Core `v1` Event (what `kubectl describe` shows under "Events").
+pub const CORE_EVENT: Resource = Resource {
+    group: "",
+    version: "v1",
+    kind: "Event",
+    plural: "events",
+    namespaced: true,
+};
+/// `events.k8s.io/v1` Event (what kube-runtime's event recorder writes).
+pub const EVENT: Resource = Resource {
+    group: "events.k8s.io",
+    version: "v1",
+    kind: "Event",
+    plural: "events",
+    namespaced: true,
+};
+/// `authentication.k8s.io/v1` TokenReview: create-only, answered from the tokens scripted with
+/// [`super::KubeReplay::review_token`] and never stored.
+pub const TOKEN_REVIEW: Resource = Resource {
+    group: "authentication.k8s.io",
+    version: "v1",
+    kind: "TokenReview",
+    plural: "tokenreviews",
+    namespaced: false,
+};
+
+/// The audience a TokenReview without `spec.audiences` checks: the API server's own.
+pub const API_SERVER_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// What the API server knows about one bearer token, for [`super::KubeReplay::review_token`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenIdentity {
+    /// `status.user` of a successful review (`username`, `uid`, `groups`, `extra`).
+    pub user: Value,
+    /// The audiences the token was minted for.
+    pub audiences: Vec<String>,
+}
+
+/// A projected service-account token of `namespace/service_account`, minted for `audiences`;
+/// bound to a pod on `node` when `pod` (pod name, node name) is given — then the review carries
+/// the `authentication.kubernetes.io/{pod-name,pod-uid,node-name,node-uid}` extras, as the API
+/// server does for pod-bound tokens (Kubernetes 1.30+).
+pub fn service_account_token(
+    namespace: &str,
+    service_account: &str,
+    pod: Option<(&str, &str)>,
+    audiences: &[&str],
+) -> TokenIdentity {
+    let mut user = json!({
+        "username": format!("system:serviceaccount:{namespace}:{service_account}"),
+        "uid": format!("5a1f0000-0000-4000-8000-{:012x}", service_account.len()),
+        "groups": [
+            "system:serviceaccounts",
+            format!("system:serviceaccounts:{namespace}"),
+            "system:authenticated"
+        ]
+    });
+    if let Some((pod_name, node)) = pod {
+        user["extra"] = json!({
+            "authentication.kubernetes.io/credential-id": ["JTI=7b0d6e1c-0000-4000-8000-000000000001"],
+            "authentication.kubernetes.io/pod-name": [pod_name],
+            "authentication.kubernetes.io/pod-uid": ["9c1d0000-0000-4000-8000-000000000001"],
+            "authentication.kubernetes.io/node-name": [node],
+            "authentication.kubernetes.io/node-uid": ["4e2b0000-0000-4000-8000-000000000001"]
+        });
+    }
+    TokenIdentity {
+        user,
+        audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+    }
+}

@@ -33,7 +33,7 @@ pub(super) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
                 conns.spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let shared = shared.clone();
-                        async move { Ok::<_, Infallible>(handle(&shared, req)) }
+                        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
                     });
                     // Errors here are clients going away or watches cut on purpose.
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -64,17 +64,42 @@ fn failure(status: StatusCode, reason: &str, message: &str) -> Response<Body> {
     full(status, &status_failure(status.as_u16(), reason, message))
 }
 
-fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path().to_owned();
-    let raw_query = req.uri().query().unwrap_or("").to_owned();
-    let method = req.method().clone();
+async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    // A body cut short is answered as an empty one: the write is then refused as malformed.
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let path = parts.uri.path().to_owned();
+    let raw_query = parts.uri.query().unwrap_or("").to_owned();
+    let method = parts.method;
     let target = parse_path(&path);
     let query = parse_query(&raw_query);
     let params = query.as_ref().ok().map(ListWatch::from_query);
     let mut st = shared.lock();
     let plural = target.as_ref().ok().map(|t| t.plural.clone());
     let watch = matches!(params, Some(Ok(ListWatch { watch: true, .. })));
-    let resp = answer(shared, &mut st, &method, target, query.clone(), params);
+    let write = Write {
+        content_type: &content_type,
+        body: &body,
+    };
+    let resp = answer(
+        shared,
+        &mut st,
+        &method,
+        target,
+        query.clone(),
+        params,
+        write,
+    );
     st.requests.push(RecordedRequest {
         method: method.to_string(),
         path,
@@ -82,10 +107,19 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         plural,
         watch,
         status: resp.status().as_u16(),
+        body: (method != Method::GET)
+            .then(|| serde_json::from_slice(&body).ok())
+            .flatten(),
     });
     drop(st);
     shared.poke();
     resp
+}
+
+/// The body of a write request.
+struct Write<'a> {
+    content_type: &'a str,
+    body: &'a [u8],
 }
 
 fn answer(
@@ -95,6 +129,7 @@ fn answer(
     target: Result<Target, super::query::QueryError>,
     query: Result<std::collections::BTreeMap<String, String>, super::query::QueryError>,
     params: Option<Result<ListWatch, super::query::QueryError>>,
+    write: Write<'_>,
 ) -> Response<Body> {
     let bad =
         |e: &dyn std::fmt::Display| failure(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string());
@@ -123,13 +158,6 @@ fn answer(
         );
     };
     let resource = shared.resources[res];
-    if *method != Method::GET {
-        return failure(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "kube_replay serves reads only; script writes with KubeReplay::apply",
-        );
-    }
     if let Some(rule) = st
         .failures
         .iter_mut()
@@ -150,6 +178,18 @@ fn answer(
             "NotFound",
             &format!("{} is not namespaced", resource.plural),
         );
+    }
+    if *method != Method::GET {
+        let (status, body) = super::writes::answer(
+            shared,
+            st,
+            method,
+            res,
+            &target,
+            write.content_type,
+            write.body,
+        );
+        return full(status, &body);
     }
 
     if let Some(name) = &target.name {
