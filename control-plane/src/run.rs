@@ -32,7 +32,9 @@ use crate::problems::ProblemSet;
 use crate::translate::TranslateConfig;
 use crate::xds::{self, XdsServer};
 
-pub use events::{event_for, Involved, REASON_INVALID, REASON_WARNING, REPORTING_CONTROLLER};
+pub use events::{
+    event_for, post_events, Involved, REASON_INVALID, REASON_WARNING, REPORTING_CONTROLLER,
+};
 pub use kube_source::{
     client as kube_client, convert, step, translate_snapshot, Entry, Key, KubeSettings, KubeSource,
     KubeSourceError, Step, Stores, WatchedKind, WATCHED_KINDS,
