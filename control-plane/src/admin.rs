@@ -46,10 +46,12 @@ pub async fn serve(listener: TcpListener, problems: ProblemSet) {
 }
 
 async fn answer(mut conn: TcpStream, problems: ProblemSet) -> std::io::Result<()> {
-    // Only the request line matters; read until it is complete (or the buffer is full).
-    let mut buf = [0u8; 2048];
+    // Only the request line matters, but the whole head is read: closing a socket with unread
+    // request bytes makes the kernel send RST, which can destroy the response before the
+    // client has read it.
+    let mut buf = [0u8; 8192];
     let mut len = 0;
-    while len < buf.len() && !buf[..len].windows(2).any(|w| w == b"\r\n") {
+    while len < buf.len() && !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
         let n = conn.read(&mut buf[len..]).await?;
         if n == 0 {
             break;
