@@ -13,8 +13,8 @@ fn problem(severity: Severity, name: &str, message: &str) -> Problem {
     }
 }
 
-fn set(ps: &[Problem]) -> BTreeSet<Problem> {
-    ps.iter().cloned().collect()
+fn set<const N: usize>(ps: [Problem; N]) -> BTreeSet<Problem> {
+    ps.into_iter().collect()
 }
 
 #[test]
@@ -22,10 +22,10 @@ fn diff_names_added_and_resolved_problems_only() {
     let a = problem(Severity::Error, "a", "bad");
     let b = problem(Severity::Warning, "b", "HTTP fields ignored");
     let c = problem(Severity::Error, "c", "bad selector");
-    let changes = diff(&set(&[a.clone(), b.clone()]), &set(&[b.clone(), c.clone()]));
+    let changes = diff(&set([a.clone(), b.clone()]), &set([b.clone(), c.clone()]));
     assert_eq!(changes.added, vec![c]);
     assert_eq!(changes.resolved, vec![a]);
-    assert!(diff(&set(&[b.clone()]), &set(&[b])).is_empty());
+    assert!(diff(&set([b.clone()]), &set([b])).is_empty());
 }
 
 #[test]
@@ -34,7 +34,7 @@ fn a_changed_message_is_a_new_problem() {
     // "already known".
     let old = problem(Severity::Error, "a", "methods: not a list");
     let new = problem(Severity::Error, "a", "methods: empty string");
-    let changes = diff(&set(&[old.clone()]), &set(&[new.clone()]));
+    let changes = diff(&set([old.clone()]), &set([new.clone()]));
     assert_eq!(changes.added, vec![new]);
     assert_eq!(changes.resolved, vec![old]);
 }
