@@ -21,6 +21,7 @@ use mesh::ca::{CaError, CertificateAuthority};
 use mesh::identity::Identity;
 use tokio::net::TcpListener;
 
+use crate::ca_service::auth::review_cache::CachedReviewer;
 use crate::ca_service::auth::{
     AnyOf, Authenticator, BootstrapTokenAuthenticator, TokenFileError, TokenReviewAuthenticator,
 };
@@ -228,6 +229,8 @@ pub async fn run(
     });
     let reviewer = kube.map(|client| {
         let reviewer = KubeTokenReviewer::new(client, vec![DEFAULT_AUDIENCE.to_string()]);
+        // Every ztunnel presents its token on each xDS stream and certificate request.
+        let reviewer = CachedReviewer::new(reviewer);
         Arc::new(TokenReviewAuthenticator::new(reviewer, &opts.trust_domain))
     });
     // Bootstrap tokens first: checking them is local, a TokenReview is an API call.
@@ -237,12 +240,10 @@ pub async fn run(
         (None, Some(r)) => r,
         (None, None) => return Err(RunError::NoAuthenticator),
     };
-    // The xDS authenticator is synchronous, so a TokenReview cannot back it: xDS callers
-    // authenticate with a bootstrap token or a mesh certificate.
-    let xds_auth = tokens.map(|t| t as Arc<dyn xds::Authenticator>);
-
+    // One authenticator for both services: a token that gets a ztunnel its certificates also
+    // gets it its config (mesh certificate holders need no token for xDS).
     let (snapshots, _debounce_task) = xds::debounced_snapshots(states.clone(), opts.debounce);
-    let xds_server = XdsServer::new(snapshots, xds_auth);
+    let xds_server = XdsServer::new(snapshots, Some(ca_auth.clone()));
     let ca_service = CaService::new(
         ca.clone(),
         ca_auth,

@@ -9,7 +9,7 @@
 //!
 //! Pure parts ([`snapshot`], [`subscriber`]) hold the protocol; `server.rs` and `tls.rs` are
 //! the I/O around them. Authentication: a client certificate from the mesh CA, or a bearer
-//! token checked by an [`Authenticator`] (see [`auth`]).
+//! token checked by the CA service's [`crate::ca_service::Authenticator`] (see [`auth`]).
 
 pub mod auth;
 mod server;
@@ -17,7 +17,7 @@ pub mod snapshot;
 pub mod subscriber;
 pub mod tls;
 
-pub use auth::{Authenticator, Caller};
+pub use auth::Caller;
 pub use server::{debounced_snapshots, NackRecord, XdsServer, DEFAULT_DEBOUNCE};
 pub use snapshot::{Snapshot, TYPE_URLS};
 pub use subscriber::{Outcome, Subscriber};

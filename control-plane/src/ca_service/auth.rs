@@ -6,7 +6,12 @@
 //! - Kubernetes service-account tokens, checked by the API server (TokenReview): the token names
 //!   a service account and, for pod-bound tokens, the node the pod runs on.
 //!
-//! Shared by the CA service and the xDS server, which authenticate callers the same way.
+//! Shared by the CA service and the xDS server, which authenticate callers the same way (one
+//! asynchronous [`Authenticator`]: a ztunnel whose token gets it certificates gets it config).
+//! TokenReview answers are cached briefly ([`review_cache`]) so that reconnecting ztunnels do
+//! not turn into a TokenReview per request against the API server.
+
+pub mod review_cache;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -34,8 +39,8 @@ impl fmt::Display for Caller {
 
 /// Turns request metadata into a [`Caller`], or `UNAUTHENTICATED`.
 ///
-/// Asynchronous because checking a Kubernetes token is an API call. (The xDS server's
-/// [`crate::xds::Authenticator`] is the synchronous form; bootstrap tokens implement both.)
+/// Asynchronous because checking a Kubernetes token is an API call. Used by both the CA
+/// service and the xDS server (for callers without a mesh certificate).
 pub trait Authenticator: Send + Sync + 'static {
     fn authenticate<'a>(
         &'a self,
@@ -281,21 +286,6 @@ impl Authenticator for BootstrapTokenAuthenticator {
     }
 }
 
-/// Bootstrap tokens for the xDS server too (its authenticator is synchronous, which a file
-/// lookup allows).
-impl crate::xds::Authenticator for BootstrapTokenAuthenticator {
-    fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
-        let token = bearer_token(metadata)?;
-        self.tokens()
-            .node_of(token)
-            .map(|node| Caller {
-                node: node.to_string(),
-                identity: None,
-            })
-            .ok_or_else(|| AuthError::UnknownToken.into())
-    }
-}
-
 /// What the Kubernetes API server said about a token.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReviewedToken {
@@ -510,25 +500,6 @@ mod tests {
             BootstrapTokenAuthenticator::from_file(&dir.join("missing")),
             Err(TokenFileError::Read { .. })
         ));
-    }
-
-    #[test]
-    fn bootstrap_tokens_authenticate_xds_callers_too() {
-        let auth = BootstrapTokenAuthenticator {
-            path: PathBuf::from("/nonexistent"),
-            cache: Mutex::new((
-                None,
-                Arc::new(BootstrapTokens::parse(&format!("node-a {T1}")).unwrap()),
-            )),
-        };
-        let xds: &dyn crate::xds::Authenticator = &auth;
-        let caller = xds
-            .authenticate(&md(Some(&format!("Bearer {T1}"))))
-            .unwrap();
-        assert_eq!(caller.node, "node-a");
-        assert_eq!(caller.identity, None);
-        let err = xds.authenticate(&md(Some("Bearer nope"))).unwrap_err();
-        assert_eq!(err.code(), tonic::Code::Unauthenticated);
     }
 
     struct NoReview;

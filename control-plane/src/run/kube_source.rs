@@ -27,15 +27,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use kube::api::{ApiResource, DynamicObject};
-use kube::runtime::utils::{Backoff, StreamBackoff};
 use kube::runtime::watcher;
 use kube::Api;
 use mesh::model::State;
+use mesh_kube::{watch_resource, WatchSettings};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::objects::{parse_documents, Object, ObjectError, ObjectRef};
 use crate::problems::ProblemSet;
@@ -45,35 +44,12 @@ use crate::translate::{translate, Problem, Severity, StateInputs, TranslateConfi
 mod tests;
 
 /// Why the Kubernetes client could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum KubeSourceError {
-    #[error("--kube-api {url:?}: {message}")]
-    Url { url: String, message: String },
-    #[error("no Kubernetes configuration (in-cluster service account or kubeconfig): {0}")]
-    Infer(#[source] kube::Error),
-    #[error("building the Kubernetes client: {0}")]
-    Client(#[source] kube::Error),
-}
+pub use mesh_kube::ClientError as KubeSourceError;
 
 /// A client for `api_url` when given (plain `http://` without credentials, as `kubectl proxy`
 /// or a test's fake API server serve), else from the in-cluster service account or kubeconfig.
 pub async fn client(api_url: Option<&str>) -> Result<kube::Client, KubeSourceError> {
-    let Some(url) = api_url else {
-        return kube::Client::try_default()
-            .await
-            .map_err(KubeSourceError::Infer);
-    };
-    let bad = |message: String| KubeSourceError::Url {
-        url: url.to_owned(),
-        message,
-    };
-    let uri = url.parse::<http::Uri>().map_err(|e| bad(e.to_string()))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-        return Err(bad(
-            "expected http://host[:port] or https://host[:port]".into()
-        ));
-    }
-    kube::Client::try_from(kube::Config::new(uri)).map_err(KubeSourceError::Client)
+    mesh_kube::client(api_url).await
 }
 
 /// One watched API resource.
@@ -373,46 +349,6 @@ pub fn step(kind: &WatchedKind, ev: watcher::Event<DynamicObject>) -> Option<Ste
     })
 }
 
-/// Exponential back-off without jitter (one control plane; nothing to spread).
-#[derive(Debug, Clone)]
-struct ExponentialBackoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl ExponentialBackoff {
-    fn new(min: Duration, max: Duration) -> ExponentialBackoff {
-        ExponentialBackoff {
-            min,
-            max: max.max(min),
-            next: min,
-        }
-    }
-}
-
-impl Iterator for ExponentialBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let d = self.next;
-        self.next = (d * 2).min(self.max);
-        Some(d)
-    }
-}
-
-impl Backoff for ExponentialBackoff {
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
-
-/// A watch request refused with HTTP 410: kube-runtime would retry the same expired
-/// resourceVersion, so the watcher must be restarted to list again.
-fn gone_at_watch_start(e: &watcher::Error) -> bool {
-    matches!(e, watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 410)
-}
-
 /// Runs the watcher of `WATCHED_KINDS[index]` until `out` closes.
 async fn watch_kind(
     client: kube::Client,
@@ -424,49 +360,21 @@ async fn watch_kind(
         return;
     };
     let api = Api::<DynamicObject>::all_with(client, &kind.api_resource());
-    let config = watcher::Config::default().timeout(settings.watch_timeout_secs);
-    let mut restarts = ExponentialBackoff::new(settings.backoff_min, settings.backoff_max);
-    loop {
-        let stream = StreamBackoff::new(
-            watcher(api.clone(), config.clone()),
-            ExponentialBackoff::new(settings.backoff_min, settings.backoff_max),
-        );
-        let mut stream = std::pin::pin!(stream);
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(ev) => {
-                    if matches!(ev, watcher::Event::Apply(_) | watcher::Event::Delete(_)) {
-                        // The watch works again: a later 410 restarts without delay growth.
-                        restarts.reset();
-                    }
-                    let Some(s) = step(kind, ev) else { continue };
-                    if out.send((index, s)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) if gone_at_watch_start(&e) => {
-                    info!(
-                        resource = kind.plural,
-                        "watch refused with HTTP 410 Gone; listing again"
-                    );
-                    break;
-                }
-                Err(watcher::Error::WatchError(s)) if s.code == 410 => {
-                    info!(
-                        resource = kind.plural,
-                        "watch expired (410 Gone); listing again"
-                    );
-                }
-                Err(e) => {
-                    warn!(resource = kind.plural, error = %e,
-                        "Kubernetes watch failed; retrying with back-off")
-                }
-            }
-        }
-        let delay = restarts.next().unwrap_or(settings.backoff_max);
-        debug!(resource = kind.plural, ?delay, "restarting the watcher");
-        tokio::time::sleep(delay).await;
-    }
+    let watch = WatchSettings {
+        backoff_min: settings.backoff_min,
+        backoff_max: settings.backoff_max,
+        watch_timeout_secs: settings.watch_timeout_secs,
+    };
+    let convert = |ev| step(kind, ev).map(|s| (index, s));
+    watch_resource(
+        api,
+        watcher::Config::default(),
+        watch,
+        kind.plural,
+        out,
+        convert,
+    )
+    .await;
 }
 
 /// A running Kubernetes source; dropping it stops every watch (the last state stays on the

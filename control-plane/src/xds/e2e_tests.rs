@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use hyper_util::rt::TokioIo;
 use mesh::ca::CertificateAuthority;
 use mesh::identity::Identity;
@@ -20,7 +21,11 @@ use tonic::metadata::MetadataMap;
 use tonic::transport::{Endpoint, Uri};
 
 use super::tests::{pod, policy, state, uid};
-use super::{debounced_snapshots, tls, Authenticator, Caller, XdsServer};
+use super::{debounced_snapshots, tls, Caller, XdsServer};
+use crate::ca_service::auth::review_cache::CachedReviewer;
+use crate::ca_service::auth::{
+    bearer_token, Authenticator, ReviewedToken, TokenReviewAuthenticator, TokenReviewer,
+};
 
 /// Upper bound on any single wait, so a broken server fails the test instead of hanging it.
 const WAIT: Duration = Duration::from_secs(10);
@@ -28,15 +33,18 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Tokens;
 
 impl Authenticator for Tokens {
-    #[allow(clippy::result_large_err)]
-    fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, tonic::Status> {
-        match super::auth::bearer_token(metadata) {
-            Some("token-node-a") => Ok(Caller {
+    fn authenticate<'a>(
+        &'a self,
+        metadata: &'a MetadataMap,
+    ) -> BoxFuture<'a, Result<Caller, tonic::Status>> {
+        let result = match bearer_token(metadata) {
+            Ok("token-node-a") => Ok(Caller {
                 node: "node-a".into(),
                 identity: None,
             }),
             _ => Err(tonic::Status::unauthenticated("bad token")),
-        }
+        };
+        Box::pin(async move { result })
     }
 }
 
@@ -53,6 +61,14 @@ fn control_plane_id() -> Identity {
 }
 
 async fn start(initial: Arc<State>, debounce: Duration) -> Harness {
+    start_with(initial, debounce, Arc::new(Tokens)).await
+}
+
+async fn start_with(
+    initial: Arc<State>,
+    debounce: Duration,
+    authenticator: Arc<dyn Authenticator>,
+) -> Harness {
     let ca = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
     let config =
         tls::server_config(ca.clone(), control_plane_id(), Duration::from_secs(3600)).unwrap();
@@ -60,7 +76,7 @@ async fn start(initial: Arc<State>, debounce: Duration) -> Harness {
     let addr = listener.local_addr().unwrap();
     let (states, rx) = watch::channel(initial);
     let (snapshots, _task) = debounced_snapshots(rx, debounce);
-    let server = XdsServer::new(snapshots, Some(Arc::new(Tokens)));
+    let server = XdsServer::new(snapshots, Some(authenticator));
     let (shutdown, stop) = oneshot::channel::<()>();
     let service = server.clone().into_service();
     tokio::spawn(tls::serve(listener, config, service, async move {
@@ -375,4 +391,101 @@ async fn callers_need_a_token_or_a_mesh_certificate() {
     let mut c = h.connect(None, true).await.unwrap();
     c.subscribe(AUTHORIZATION_TYPE_URL).await;
     assert_eq!(c.recv().await.type_url, AUTHORIZATION_TYPE_URL);
+}
+
+/// Scripted TokenReview answers, counting the reviews that reach "the API server".
+#[derive(Clone, Default)]
+struct ScriptedReviews {
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ScriptedReviews {
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl TokenReviewer for ScriptedReviews {
+    fn review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<ReviewedToken, String>> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let answer = match token {
+            "ztunnel-sa-token" => Ok(ReviewedToken {
+                authenticated: true,
+                username: "system:serviceaccount:istio-system:ztunnel".into(),
+                node_name: Some("node-a".into()),
+                error: None,
+            }),
+            // Authenticated, but a user rather than a service account.
+            "user-token" => Ok(ReviewedToken {
+                authenticated: true,
+                username: "alice".into(),
+                node_name: None,
+                error: None,
+            }),
+            "api-server-down" => Err("connection refused".into()),
+            _ => Ok(ReviewedToken {
+                error: Some("invalid bearer token".into()),
+                ..ReviewedToken::default()
+            }),
+        };
+        Box::pin(async move { answer })
+    }
+}
+
+/// Under `--kube` a ztunnel has only its service-account token: xDS accepts it through the
+/// same TokenReview authenticator the CA uses, records who the caller is, and asks the API
+/// server once per token rather than once per stream.
+#[tokio::test]
+async fn service_account_tokens_open_xds_streams_through_token_review() {
+    let reviews = ScriptedReviews::default();
+    let auth = TokenReviewAuthenticator::new(CachedReviewer::new(reviews.clone()), "cluster.local");
+    let h = start_with(
+        state(vec![], vec![policy("p1")]),
+        Duration::from_millis(10),
+        Arc::new(auth),
+    )
+    .await;
+
+    let mut c = h.connect(Some("ztunnel-sa-token"), false).await.unwrap();
+    c.subscribe(AUTHORIZATION_TYPE_URL).await;
+    let first = c.recv().await;
+    assert_eq!(names(&first), ["shop/p1"]);
+    // The caller's node and identity are what the stream is logged and recorded under.
+    c.send(DeltaDiscoveryRequest {
+        type_url: AUTHORIZATION_TYPE_URL.into(),
+        response_nonce: first.nonce.clone(),
+        error_detail: Some(Status {
+            code: 3,
+            message: "rejected".into(),
+            details: vec![],
+        }),
+        ..DeltaDiscoveryRequest::default()
+    })
+    .await;
+    c.subscribe(PEER_AUTHENTICATION_TYPE_URL).await;
+    assert_eq!(c.recv().await.type_url, PEER_AUTHENTICATION_TYPE_URL);
+    assert_eq!(
+        h.server.recent_nacks()[0].caller,
+        "node-a (spiffe://cluster.local/ns/istio-system/sa/ztunnel)"
+    );
+
+    // A second stream with the same token (a reconnect) is answered from the cache.
+    let mut again = h.connect(Some("ztunnel-sa-token"), false).await.unwrap();
+    again.subscribe(ADDRESS_TYPE_URL).await;
+    again.recv().await;
+    assert_eq!(reviews.calls(), 1);
+
+    for (token, code) in [
+        ("some-other-token", tonic::Code::Unauthenticated),
+        ("user-token", tonic::Code::Unauthenticated),
+        // Not the caller's fault: it may retry.
+        ("api-server-down", tonic::Code::Unavailable),
+    ] {
+        let refused = h.connect(Some(token), false).await.err().expect(token);
+        assert_eq!(refused.code(), code, "{token}: {refused}");
+    }
+    // Refusals are not cached: each is a fresh review.
+    let refused = h.connect(Some("some-other-token"), false).await.err();
+    assert_eq!(refused.unwrap().code(), tonic::Code::Unauthenticated);
+    assert_eq!(reviews.calls(), 5);
 }

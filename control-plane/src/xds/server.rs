@@ -13,12 +13,14 @@ use mesh::xds::proto::discovery::aggregated_discovery_service_server::{
 };
 use mesh::xds::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use tokio::sync::{mpsc, watch};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{Authenticator, Caller};
+use super::auth::Caller;
 use super::snapshot::{Snapshot, TYPE_URLS};
 use super::subscriber::{Outcome, Subscriber};
 use super::tls::ConnInfo;
+use crate::ca_service::auth::Authenticator;
 
 /// Default debounce window: a burst of changes (a rollout, a namespace relabel) within it is
 /// pushed once.
@@ -113,9 +115,14 @@ impl XdsServer {
         self.nacks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    #[allow(clippy::result_large_err)] // tonic's own error type, returned as is.
-    fn authenticate<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        let conn = req.extensions().get::<ConnInfo>();
+    /// A verified client certificate admits its holder; otherwise the bearer token is checked
+    /// (which may be a TokenReview round trip to the API server). Takes the parts rather than
+    /// the request so the future does not borrow the (non-`Sync`) request stream.
+    async fn authenticate(
+        &self,
+        conn: Option<&ConnInfo>,
+        metadata: &MetadataMap,
+    ) -> Result<Caller, Status> {
         if let Some(identity) = conn.and_then(|c| c.peer_identity.clone()) {
             return Ok(Caller {
                 node: String::new(),
@@ -123,7 +130,7 @@ impl XdsServer {
             });
         }
         match &self.authenticator {
-            Some(auth) => auth.authenticate(req.metadata()),
+            Some(auth) => auth.authenticate(metadata).await,
             None => Err(Status::unauthenticated(
                 "a client certificate from the mesh CA is required",
             )),
@@ -233,13 +240,14 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let caller = self.authenticate(&request).inspect_err(|status| {
-            let remote = request
-                .extensions()
-                .get::<ConnInfo>()
-                .and_then(|c| c.remote);
-            tracing::warn!(?remote, %status, "xDS stream refused");
-        })?;
+        let conn = request.extensions().get::<ConnInfo>();
+        let caller = self
+            .authenticate(conn, request.metadata())
+            .await
+            .inspect_err(|status| {
+                let remote = conn.and_then(|c| c.remote);
+                tracing::warn!(?remote, %status, "xDS stream refused");
+            })?;
         let label = match &caller.identity {
             Some(id) if caller.node.is_empty() => id.to_string(),
             Some(id) => format!("{} ({id})", caller.node),

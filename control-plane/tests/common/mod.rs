@@ -86,6 +86,30 @@ impl ControlPlane {
         cp
     }
 
+    /// A control plane with exactly `args` (besides `--listen`/`--readiness-addr`), e.g.
+    /// `--kube --kube-api URL` with no bootstrap tokens.
+    pub fn start_with_args(fx: &Fixture, host: &Node, args: &[&str]) -> ControlPlane {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(
+            [
+                "--listen",
+                "0.0.0.0:15012",
+                "--readiness-addr",
+                "0.0.0.0:15021",
+            ]
+            .map(String::from),
+        );
+        let mut cp = ControlPlane {
+            child: None,
+            host: host.clone(),
+            config: config_dir(fx),
+            log: fx.dir.0.join("control-plane.log"),
+            args,
+        };
+        cp.spawn();
+        cp
+    }
+
     /// (Re)starts the process and waits for its readiness endpoint.
     pub fn spawn(&mut self) {
         let log = File::options()

@@ -22,13 +22,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1 as api;
-use kube::runtime::utils::{Backoff, StreamBackoff};
 use kube::runtime::watcher;
 use kube::Api;
+use mesh_kube::{watch_resource, WatchSettings};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::enrollment::{Namespace, Object, Pod};
 use super::source::{ClusterView, PodSource};
@@ -37,15 +36,7 @@ use super::source::{ClusterView, PodSource};
 mod tests;
 
 /// Why the Kubernetes client could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum KubeSourceError {
-    #[error("Kubernetes API URL {url:?}: {message}")]
-    Url { url: String, message: String },
-    #[error("no Kubernetes configuration (in-cluster service account or kubeconfig): {0}")]
-    Infer(String),
-    #[error("building the Kubernetes client: {0}")]
-    Client(#[source] kube::Error),
-}
+pub use mesh_kube::ClientError as KubeSourceError;
 
 /// Tuning of [`KubeSource`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,31 +62,21 @@ impl KubeSettings {
             watch_timeout_secs: 290,
         }
     }
+
+    fn watch(&self) -> WatchSettings {
+        WatchSettings {
+            backoff_min: self.backoff_min,
+            backoff_max: self.backoff_max,
+            watch_timeout_secs: self.watch_timeout_secs,
+        }
+    }
 }
 
 /// A Kubernetes client: against `api_url` when given (plain `http://` with no credentials,
 /// e.g. `kubectl proxy`, or `https://` verified against the system roots), otherwise from
 /// the in-cluster service account or the kubeconfig.
 pub async fn client(api_url: Option<&str>) -> Result<kube::Client, KubeSourceError> {
-    let config = match api_url {
-        Some(url) => {
-            let uri = url.parse::<http::Uri>().map_err(|e| KubeSourceError::Url {
-                url: url.to_owned(),
-                message: e.to_string(),
-            })?;
-            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-                return Err(KubeSourceError::Url {
-                    url: url.to_owned(),
-                    message: "expected http://host[:port] or https://host[:port]".to_owned(),
-                });
-            }
-            kube::Config::new(uri)
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| KubeSourceError::Infer(e.to_string()))?,
-    };
-    kube::Client::try_from(config).map_err(KubeSourceError::Client)
+    mesh_kube::client(api_url).await
 }
 
 /// Namespaces and this node's pods, watched on the Kubernetes API.
@@ -355,100 +336,6 @@ pub fn namespace_step(ev: watcher::Event<api::Namespace>) -> Option<Step<String,
     })
 }
 
-/// Exponential back-off without jitter (there is one agent per node and its retries are
-/// already spread by when each node's watch broke).
-#[derive(Debug, Clone)]
-pub struct ExponentialBackoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl ExponentialBackoff {
-    pub fn new(min: Duration, max: Duration) -> ExponentialBackoff {
-        ExponentialBackoff {
-            min,
-            max: max.max(min),
-            next: min,
-        }
-    }
-}
-
-impl Iterator for ExponentialBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let d = self.next;
-        self.next = (d * 2).min(self.max);
-        Some(d)
-    }
-}
-
-impl Backoff for ExponentialBackoff {
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
-
-/// Whether `e` is a watch request refused with HTTP 410: kube-runtime would retry the same
-/// expired resourceVersion, so the watcher must be restarted to list again.
-fn gone_at_watch_start(e: &watcher::Error) -> bool {
-    matches!(e, watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 410)
-}
-
-fn log_watch_error(what: &str, e: &watcher::Error) {
-    match e {
-        watcher::Error::WatchError(s) if s.code == 410 => {
-            info!(resource = what, "watch expired (410 Gone); listing again")
-        }
-        _ => warn!(resource = what, error = %e, "Kubernetes watch failed; retrying with back-off"),
-    }
-}
-
-/// Runs one watcher forever, sending its events to `out` (until `out` closes).
-async fn watch_resource<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    settings: KubeSettings,
-    what: &'static str,
-    out: mpsc::Sender<watcher::Event<K>>,
-) where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    let mut restarts = ExponentialBackoff::new(settings.backoff_min, settings.backoff_max);
-    loop {
-        let stream = StreamBackoff::new(
-            watcher(api.clone(), config.clone()),
-            ExponentialBackoff::new(settings.backoff_min, settings.backoff_max),
-        );
-        let mut stream = std::pin::pin!(stream);
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(ev) => {
-                    if matches!(ev, watcher::Event::Apply(_) | watcher::Event::Delete(_)) {
-                        // The watch works again: a later 410 restarts without delay growth.
-                        restarts.reset();
-                    }
-                    if out.send(ev).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) if gone_at_watch_start(&e) => {
-                    info!(
-                        resource = what,
-                        "watch refused with HTTP 410 Gone; listing again"
-                    );
-                    break;
-                }
-                Err(e) => log_watch_error(what, &e),
-            }
-        }
-        let delay = restarts.next().unwrap_or(settings.backoff_max);
-        debug!(resource = what, ?delay, "restarting the watcher");
-        tokio::time::sleep(delay).await;
-    }
-}
-
 impl KubeSource {
     /// Starts watching on the current tokio runtime.
     pub fn start(client: kube::Client, settings: KubeSettings) -> KubeSource {
@@ -466,7 +353,7 @@ async fn run(
     settings: KubeSettings,
     tx: watch::Sender<Option<Arc<ClusterView>>>,
 ) {
-    let base = watcher::Config::default().timeout(settings.watch_timeout_secs);
+    let base = watcher::Config::default();
     let pod_config = base
         .clone()
         .fields(&format!("spec.nodeName={}", settings.node));
@@ -477,16 +364,18 @@ async fn run(
     watchers.spawn(watch_resource(
         Api::<api::Pod>::all(client.clone()),
         pod_config,
-        settings.clone(),
+        settings.watch(),
         "pods",
         pods_tx,
+        Some,
     ));
     watchers.spawn(watch_resource(
         Api::<api::Namespace>::all(client),
         base,
-        settings.clone(),
+        settings.watch(),
         "namespaces",
         ns_tx,
+        Some,
     ));
     let mut state = SourceState::new(settings.node.clone());
     let mut announced = false;

@@ -203,30 +203,3 @@ fn watcher_events_become_steps() {
         Some(Step::Delete("a".into()))
     );
 }
-
-#[test]
-fn backoff_doubles_to_its_cap_and_resets() {
-    let mut b = ExponentialBackoff::new(Duration::from_millis(100), Duration::from_millis(350));
-    let got: Vec<u128> = b.by_ref().take(4).map(|d| d.as_millis()).collect();
-    assert_eq!(got, [100, 200, 350, 350]);
-    b.reset();
-    assert_eq!(b.next(), Some(Duration::from_millis(100)));
-    // A cap below the minimum is raised to it rather than shrinking delays.
-    let mut b = ExponentialBackoff::new(Duration::from_secs(2), Duration::from_secs(1));
-    assert_eq!(b.nth(3), Some(Duration::from_secs(2)));
-}
-
-#[test]
-fn only_http_410_at_watch_start_restarts_the_watcher() {
-    let status = |code| Box::new(kube::core::Status::failure("gone", "Expired").with_code(code));
-    assert!(gone_at_watch_start(&watcher::Error::WatchStartFailed(
-        kube::Error::Api(status(410))
-    )));
-    assert!(!gone_at_watch_start(&watcher::Error::WatchStartFailed(
-        kube::Error::Api(status(500))
-    )));
-    // A 410 watch event is kube-runtime's own business: it relists by itself.
-    assert!(!gone_at_watch_start(&watcher::Error::WatchError(status(
-        410
-    ))));
-}
