@@ -1,13 +1,16 @@
 //! `ambit`: the command-line tool.
 //!
 //! - `ambit ca init`      — create a root CA in Istio's `cacerts` layout (for the file CA).
-//! - `ambit config check` — validate a ztunnel local config file, naming any bad field.
+//! - `ambit config check` — validate a ztunnel local config file, naming any bad field, or
+//!   list the problems of a folder of Kubernetes/Istio YAML (offline).
+//! - `ambit config problems` — list a running control plane's invalid config objects.
 //! - `ambit config-dump`  — fetch a running ztunnel's config dump from its admin endpoint.
 //! - `ambit demo`         — run two ztunnels on a local network-namespace example.
 //! - `ambit manifest generate` — print the Kubernetes install (see `manifest`).
 
 mod demo;
 mod manifest;
+mod problems;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -89,8 +92,26 @@ enum CaCommand {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Validate a local config file (Istio ztunnel LocalConfig YAML).
-    Check { file: PathBuf },
+    /// Validate a local config file (Istio ztunnel LocalConfig YAML), or list the problems of
+    /// a folder of Kubernetes/Istio YAML as the control plane would (exit 1 on errors).
+    Check {
+        /// A ztunnel local config file, or a control-plane config folder.
+        file: PathBuf,
+        /// Folder listing format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: problems::Output,
+        /// Trust domain a folder is translated for.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
+    /// List the invalid config objects of a running control plane (its admin endpoint,
+    /// `--admin-addr`); exit 1 when any is an error.
+    Problems {
+        #[arg(long, default_value = "http://127.0.0.1:15014")]
+        control_plane: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: problems::Output,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -123,7 +144,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config {
-            command: ConfigCommand::Check { file },
+            command:
+                ConfigCommand::Check {
+                    file,
+                    output,
+                    trust_domain,
+                },
+        } if file.is_dir() => problems::check_folder(&file, output, &trust_domain),
+        Command::Config {
+            command:
+                ConfigCommand::Problems {
+                    control_plane,
+                    output,
+                },
+        } => problems::list(&control_plane, output),
+        Command::Config {
+            command: ConfigCommand::Check { file, .. },
         } => {
             let text =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

@@ -6,9 +6,11 @@
 //! a directory of them. None of it does network I/O or needs an async runtime; the xDS server,
 //! CA service ([`ca_service`]) and Kubernetes watches are layered on top.
 
+pub mod admin;
 pub mod ca_service;
 pub mod folder;
 pub mod objects;
+pub mod problems;
 pub mod run;
 pub mod translate;
 pub mod xds;

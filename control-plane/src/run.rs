@@ -6,6 +6,7 @@
 //! snapshots pushed to every ztunnel, (b) the CA service's node authorization, which always
 //! judges against the newest state.
 
+mod events;
 mod kube_source;
 mod readiness;
 mod source;
@@ -30,9 +31,13 @@ use crate::ca_service::root::{
 };
 use crate::ca_service::{CaService, CaServiceConfig};
 use crate::folder::FolderError;
+use crate::problems::ProblemSet;
 use crate::translate::TranslateConfig;
 use crate::xds::{self, XdsServer};
 
+pub use events::{
+    event_for, post_events, Involved, REASON_INVALID, REASON_WARNING, REPORTING_CONTROLLER,
+};
 pub use kube_source::{
     client as kube_client, convert, step, translate_snapshot, Entry, Key, KubeSettings, KubeSource,
     KubeSourceError, Step, Stores, WatchedKind, WATCHED_KINDS,
@@ -74,6 +79,8 @@ pub struct Options {
     pub listen: SocketAddr,
     /// `/healthz/ready`.
     pub readiness: SocketAddr,
+    /// Admin/debug endpoint (`/debug/problems`); loopback unless the operator says otherwise.
+    pub admin: SocketAddr,
     pub trust_domain: String,
     /// The SPIFFE id of the control plane's own serving certificate.
     pub identity: Identity,
@@ -156,6 +163,15 @@ enum Source {
     Kube(KubeSource),
 }
 
+/// Aborts a helper task when `run` returns, on every path.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Picks the signing CA: plug-in, else stored, else generated and persisted. `kube` is the
 /// API client when running with `--kube` (the Secret store needs it).
 pub async fn load_ca(
@@ -200,15 +216,21 @@ pub async fn run(
     let mut shutdown = std::pin::pin!(shutdown);
     // The first translation happens before anything is served, so the first xDS push and the
     // first CA decision already see the config rather than an empty mesh.
+    let problems = ProblemSet::default();
     let (source, states, kube) = match &opts.source {
         ConfigSource::LocalDir(dir) => {
-            let (source, states) = FolderSource::start(dir, translate_cfg, opts.poll)?;
+            let (source, states) =
+                FolderSource::start_reporting(dir, translate_cfg, opts.poll, problems.clone())?;
             (Source::Folder(source), states, None)
         }
         ConfigSource::Kube { api_url } => {
             let client = kube_source::client(api_url.as_deref()).await?;
-            let (source, mut states) =
-                KubeSource::start(client.clone(), translate_cfg, KubeSettings::default());
+            let (source, mut states) = KubeSource::start_reporting(
+                client.clone(),
+                translate_cfg,
+                KubeSettings::default(),
+                problems.clone(),
+            );
             tracing::info!("waiting for the first list of every watched Kubernetes kind");
             tokio::select! {
                 changed = states.changed() => {
@@ -235,6 +257,15 @@ pub async fn run(
         Some(path) => Some(Arc::new(BootstrapTokenAuthenticator::from_file(path)?)),
         None => None,
     };
+    // Events go to the cluster in their own task: posting them never delays serving.
+    let _events_task = kube.clone().map(|client| {
+        let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "control-plane".into());
+        AbortOnDrop(tokio::spawn(events::post_events(
+            client,
+            problems.clone(),
+            instance,
+        )))
+    });
     let reviewer = kube.map(|client| {
         let reviewer = KubeTokenReviewer::new(client, vec![DEFAULT_AUDIENCE.to_string()]);
         // Every ztunnel presents its token on each xDS stream and certificate request.
@@ -275,23 +306,32 @@ pub async fn run(
                 addr: opts.readiness,
                 source,
             })?;
+    let admin_listener = TcpListener::bind(opts.admin)
+        .await
+        .map_err(|source| RunError::Bind {
+            what: "admin",
+            addr: opts.admin,
+            source,
+        })?;
+    crate::admin::warn_if_exposed(opts.admin);
+    let _admin_task = AbortOnDrop(tokio::spawn(crate::admin::serve(admin_listener, problems)));
     let ready_task = tokio::spawn(readiness.clone().serve(ready_listener));
     // Both listeners are bound and the first translation is in: ztunnels may connect now (on
     // Kubernetes, once the root they verify this replica with is published).
-    let publish_task = match publish {
+    let _publish_task = match publish {
         None => {
             readiness.set_ready();
             None
         }
         Some(publish) => {
             let readiness = readiness.clone();
-            Some(tokio::spawn(async move {
+            Some(AbortOnDrop(tokio::spawn(async move {
                 publish.await;
                 readiness.set_ready();
-            }))
+            })))
         }
     };
-    tracing::info!(listen = %opts.listen, readiness = %opts.readiness,
+    tracing::info!(listen = %opts.listen, readiness = %opts.readiness, admin = %opts.admin,
         identity = %opts.identity, "control plane serving xDS and CA");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -322,9 +362,6 @@ pub async fn run(
         source,
     });
     ready_task.abort();
-    if let Some(task) = publish_task {
-        task.abort();
-    }
     drop(source);
     tracing::info!("control plane stopped");
     result

@@ -333,6 +333,7 @@ async fn control_plane_on_an_empty_cluster_persists_publishes_and_only_then_is_r
         bootstrap_tokens: None,
         listen: "127.0.0.1:0".parse().unwrap(),
         readiness: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
         trust_domain: TD.to_owned(),
         identity: mesh::identity::Identity::new(TD, NS, "ambit-control-plane").unwrap(),
         poll: Duration::from_millis(50),

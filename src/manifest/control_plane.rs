@@ -2,9 +2,9 @@
 //! least-privilege RBAC.
 //!
 //! RBAC: cluster-wide it may only read the kinds it translates (docs/architecture.md,
-//! "Inputs") and create TokenReviews (to authenticate ztunnels' service-account tokens). Its
-//! only writes are to its own CA root Secret and root-certificate ConfigMap, through a Role in
-//! its own namespace.
+//! "Inputs"), create TokenReviews (to authenticate ztunnels' service-account tokens) and
+//! create Events (on invalid config objects). Its only other writes are to its own CA root
+//! Secret and root-certificate ConfigMap, through a Role in its own namespace.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -55,6 +55,9 @@ pub fn rbac(ns: &str) -> Vec<Object> {
                 &["create"],
                 &[],
             ),
+            // Warning Events on invalid config objects, in the object's namespace. Create
+            // only: each new problem is one new Event, never an update of an existing one.
+            rule(&[""], &["events"], &["create"], &[]),
         ]),
         ..Default::default()
     };

@@ -58,6 +58,10 @@ struct Args {
     /// Readiness endpoint (`/healthz/ready`).
     #[arg(long, env = "AMBIT_READINESS_ADDR", default_value = "[::]:15021")]
     readiness_addr: SocketAddr,
+    /// Admin/debug endpoint (`GET /debug/problems`: invalid config objects as JSON). Keep it
+    /// on loopback: its output names every object in the mesh.
+    #[arg(long, env = "AMBIT_ADMIN_ADDR", default_value = control_plane::admin::DEFAULT_ADMIN_ADDR)]
+    admin_addr: SocketAddr,
     #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
     /// SPIFFE id of the control plane's serving certificate (what ztunnels expect).
@@ -142,6 +146,7 @@ fn options(args: Args) -> Result<Options, FlagError> {
         bootstrap_tokens: args.bootstrap_tokens,
         listen: args.listen,
         readiness: args.readiness_addr,
+        admin: args.admin_addr,
         trust_domain: args.trust_domain,
         identity,
         poll: Duration::from_millis(args.poll_ms),

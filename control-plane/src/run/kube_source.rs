@@ -23,7 +23,7 @@
 //! The store ([`Stores`]) and the conversion ([`convert`]) are pure and unit-tested; the tasks
 //! around them only move events.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +37,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::objects::{parse_documents, Object, ObjectError, ObjectRef};
+use crate::problems::ProblemSet;
 use crate::translate::{translate, Problem, Severity, StateInputs, TranslateConfig, Translation};
 
 #[cfg(test)]
@@ -70,7 +71,7 @@ impl WatchedKind {
         }
     }
 
-    fn api_resource(&self) -> ApiResource {
+    pub(crate) fn api_resource(&self) -> ApiResource {
         ApiResource {
             group: self.group.to_owned(),
             version: self.version.to_owned(),
@@ -397,8 +398,18 @@ impl KubeSource {
         cfg: TranslateConfig,
         settings: KubeSettings,
     ) -> (KubeSource, watch::Receiver<Arc<State>>) {
+        Self::start_reporting(client, cfg, settings, ProblemSet::default())
+    }
+
+    /// [`start`](Self::start), keeping `problems` current with every translation.
+    pub fn start_reporting(
+        client: kube::Client,
+        cfg: TranslateConfig,
+        settings: KubeSettings,
+        problems: ProblemSet,
+    ) -> (KubeSource, watch::Receiver<Arc<State>>) {
         let (tx, rx) = watch::channel(Arc::new(State::default()));
-        let task = tokio::spawn(run(client, cfg, settings, tx));
+        let task = tokio::spawn(run(client, cfg, settings, tx, problems));
         (
             KubeSource {
                 task: task.abort_handle(),
@@ -413,6 +424,7 @@ async fn run(
     cfg: TranslateConfig,
     settings: KubeSettings,
     tx: watch::Sender<Arc<State>>,
+    problems: ProblemSet,
 ) {
     let (events_tx, mut events) = mpsc::channel(512);
     // Dropped (and so aborted) with this task when the source is dropped.
@@ -429,7 +441,6 @@ async fn run(
     let mut stores = Stores::new(WATCHED_KINDS.len());
     let mut due: Option<Instant> = None;
     let mut published: Option<StateInputs> = None;
-    let mut logged = BTreeSet::new();
     loop {
         tokio::select! {
             ev = events.recv() => {
@@ -440,7 +451,7 @@ async fn run(
             }
             () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                 due = None;
-                if !publish(&stores, &cfg, &tx, &mut published, &mut logged).await {
+                if !publish(&stores, &cfg, &tx, &mut published, &problems).await {
                     return;
                 }
             }
@@ -455,7 +466,7 @@ async fn publish(
     cfg: &TranslateConfig,
     tx: &watch::Sender<Arc<State>>,
     published: &mut Option<StateInputs>,
-    logged: &mut BTreeSet<Problem>,
+    problems_out: &ProblemSet,
 ) -> bool {
     let (objects, problems) = stores.snapshot();
     let c = cfg.clone();
@@ -469,7 +480,9 @@ async fn publish(
                 return true;
             }
         };
-    log_problems(&translation.problems, logged);
+    // Logged once while it persists: unlike a folder, a cluster changes every few seconds, and
+    // re-logging every broken object on each pod update would bury new problems.
+    problems_out.update("kubernetes", translation.problems.iter().cloned());
     if published.as_ref() == Some(&translation.state_inputs) {
         return true;
     }
@@ -490,17 +503,4 @@ async fn publish(
             true
         }
     }
-}
-
-/// Logs each problem once while it persists: unlike a folder, a cluster changes every few
-/// seconds, and re-logging every broken object on each pod update would bury new problems.
-fn log_problems(problems: &[Problem], logged: &mut BTreeSet<Problem>) {
-    let now: BTreeSet<Problem> = problems.iter().cloned().collect();
-    for p in now.difference(logged) {
-        match p.severity {
-            Severity::Error => error!(source = "kubernetes", "{p}"),
-            Severity::Warning => warn!(source = "kubernetes", "{p}"),
-        }
-    }
-    *logged = now;
 }

@@ -12,7 +12,8 @@ use mesh::model::State;
 use tokio::sync::watch;
 
 use crate::folder::{fingerprint, translate_folder, Fingerprint, FolderError};
-use crate::translate::{Severity, TranslateConfig, Translation};
+use crate::problems::ProblemSet;
+use crate::translate::{TranslateConfig, Translation};
 
 /// Default poll interval of the folder.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(200);
@@ -36,11 +37,28 @@ impl FolderSource {
         cfg: TranslateConfig,
         poll: Duration,
     ) -> Result<(FolderSource, watch::Receiver<Arc<State>>), FolderError> {
+        Self::start_reporting(dir, cfg, poll, ProblemSet::default())
+    }
+
+    /// [`start`](Self::start), keeping `problems` current with every translation.
+    pub fn start_reporting(
+        dir: &Path,
+        cfg: TranslateConfig,
+        poll: Duration,
+        problems: ProblemSet,
+    ) -> Result<(FolderSource, watch::Receiver<Arc<State>>), FolderError> {
         let seen = fingerprint(dir)?;
         let first = translate_folder(dir, &cfg)?;
-        let state = to_state(first, dir).unwrap_or_default();
+        let state = to_state(first, dir, &problems).unwrap_or_default();
         let (tx, rx) = watch::channel(Arc::new(state));
-        let task = tokio::spawn(watch_folder(dir.to_path_buf(), cfg, poll, seen, tx));
+        let task = tokio::spawn(watch_folder(
+            dir.to_path_buf(),
+            cfg,
+            poll,
+            seen,
+            tx,
+            problems,
+        ));
         Ok((FolderSource { task }, rx))
     }
 }
@@ -51,6 +69,7 @@ async fn watch_folder(
     poll: Duration,
     mut seen: Fingerprint,
     tx: watch::Sender<Arc<State>>,
+    problems: ProblemSet,
 ) {
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -89,7 +108,7 @@ async fn watch_folder(
         let Some(translation) = translation else {
             continue;
         };
-        if let Some(state) = to_state(translation, &dir) {
+        if let Some(state) = to_state(translation, &dir, &problems) {
             if tx.send(Arc::new(state)).is_err() {
                 return;
             }
@@ -97,17 +116,16 @@ async fn watch_folder(
     }
 }
 
-/// Logs the translation's problems and builds the state; `None` (logged) when the whole model
-/// is inconsistent, in which case the previous state stays in force.
-fn to_state(translation: Translation, dir: &Path) -> Option<State> {
-    for p in &translation.problems {
-        // Each problem names the object and field; the object itself was skipped and the rest
-        // of the folder still applies.
-        match p.severity {
-            Severity::Error => tracing::error!(folder = %dir.display(), "{p}"),
-            Severity::Warning => tracing::warn!(folder = %dir.display(), "{p}"),
-        }
-    }
+/// Records the translation's problems (logging the new ones) and builds the state; `None`
+/// (logged) when the whole model is inconsistent, in which case the previous state stays in
+/// force.
+fn to_state(translation: Translation, dir: &Path, problems: &ProblemSet) -> Option<State> {
+    // Each problem names the object and field; the object itself was skipped and the rest of
+    // the folder still applies.
+    problems.update(
+        &format!("folder {}", dir.display()),
+        translation.problems.iter().cloned(),
+    );
     let s = &translation.state_inputs;
     let (workloads, policies) = (s.workloads.len(), s.policies.len());
     match translation.into_state() {
@@ -169,6 +187,55 @@ mod tests {
         assert!(gone.is_err(), "state changed after the folder vanished");
         assert_eq!(rx.borrow().workloads().count(), 2);
         drop(source);
+    }
+
+    fn policy(name: &str, action: &str) -> String {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {{name: {name}, namespace: default}}\n\
+             spec: {{action: {action}, rules: [{{from: [{{source: {{principals: [x]}}}}]}}]}}\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn problems_list_the_bad_policy_while_the_good_one_applies() {
+        let dir = std::env::temp_dir().join(format!("ambit-cp-problems-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ns.yaml"), NS).unwrap();
+        std::fs::write(dir.join("good.yaml"), policy("good", "DENY")).unwrap();
+        std::fs::write(dir.join("bad.yaml"), policy("bad", "PERMIT")).unwrap();
+
+        let problems = ProblemSet::default();
+        let (source, mut rx) = FolderSource::start_reporting(
+            &dir,
+            TranslateConfig::default(),
+            Duration::from_millis(20),
+            problems.clone(),
+        )
+        .unwrap();
+        let names: Vec<String> = rx
+            .borrow_and_update()
+            .policies()
+            .map(|p| p.name.clone())
+            .collect();
+        assert_eq!(names, ["good"]);
+        let report = problems.report();
+        assert_eq!(report.errors, 1, "{report:?}");
+        assert_eq!(report.problems[0].name, "bad");
+        assert_eq!(report.problems[0].field, "spec.action");
+
+        // Fixing the file empties the set on the next translation.
+        let mut changes = problems.subscribe();
+        std::fs::write(dir.join("bad.yaml"), policy("bad", "ALLOW")).unwrap();
+        let state = next(&mut rx).await;
+        assert_eq!(state.policies().count(), 2);
+        tokio::time::timeout(Duration::from_secs(10), changes.wait_for(|p| p.is_empty()))
+            .await
+            .expect("problem not resolved")
+            .unwrap();
+        drop(source);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -150,16 +150,21 @@ fn each_problem_is_logged_once_while_it_persists() {
         field: String::new(),
         message: "bad".into(),
     };
-    let mut logged = BTreeSet::new();
-    log_problems(&[p("a")], &mut logged);
-    log_problems(&[p("a"), p("b")], &mut logged);
-    assert_eq!(logged.len(), 2);
+    // The source records problems in the shared set, which logs only the difference.
+    let logged = crate::problems::ProblemSet::default();
+    assert_eq!(logged.update("kubernetes", [p("a")]).added.len(), 1);
+    assert_eq!(
+        logged.update("kubernetes", [p("a"), p("b")]).added,
+        [p("b")]
+    );
+    assert_eq!(logged.current().len(), 2);
     // A fixed object leaves the set, so it is reported again if it breaks again.
-    log_problems(&[p("b")], &mut logged);
+    assert_eq!(logged.update("kubernetes", [p("b")]).resolved, [p("a")]);
     assert_eq!(
         logged
-            .into_iter()
-            .map(|p| p.object.name)
+            .current()
+            .iter()
+            .map(|p| p.object.name.clone())
             .collect::<Vec<_>>(),
         ["b"]
     );
