@@ -405,6 +405,8 @@ fn control_plane_rbac_is_least_privilege() {
         }
     }
     want.insert("authentication.k8s.io/tokenreviews create *".to_string());
+    // Events about config problems, on the objects they concern (any namespace).
+    want.insert("/events create *".to_string());
     assert_eq!(
         grants(&rules_of(&objects, "ClusterRole", CONTROL_PLANE)),
         want
