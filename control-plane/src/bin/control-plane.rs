@@ -27,7 +27,7 @@ struct Args {
     kube: bool,
     /// With --kube: the API server URL (e.g. `http://127.0.0.1:8001` of `kubectl proxy`),
     /// instead of the in-cluster service account or kubeconfig.
-    #[arg(long, env = "AMBIT_KUBE_API", requires = "kube")]
+    #[arg(long, env = "AMBIT_KUBE_API")]
     kube_api: Option<String>,
     /// Plug-in CA directory (Istio `cacerts` layout: ca-cert.pem, ca-key.pem, root-cert.pem,
     /// cert-chain.pem).
@@ -92,6 +92,13 @@ fn bad(flag: &'static str, reason: impl Into<String>) -> FlagError {
 }
 
 fn options(args: Args) -> Result<Options, FlagError> {
+    // clap's `requires = "kube"` does not see a bool flag's absence; say it here.
+    if args.kube_api.is_some() && !args.kube {
+        return Err(bad(
+            "--kube-api",
+            "needs --kube (it names the API server the Kubernetes source watches)",
+        ));
+    }
     let source = if args.kube {
         ConfigSource::Kube {
             api_url: args.kube_api,
