@@ -64,6 +64,8 @@ fn options(config: &Path, admin: SocketAddr) -> Options {
         source: ConfigSource::LocalDir(config.to_path_buf()),
         cacerts: None,
         ca_store: Some(state.join("ca")),
+        ca_root_secret: None,
+        namespace: None,
         bootstrap_tokens: Some(tokens),
         listen: free_port(),
         readiness: free_port(),
