@@ -28,6 +28,10 @@ fn resources() -> Vec<kr::Resource> {
         kr::AUTHORIZATION_POLICY,
         kr::PEER_AUTHENTICATION,
         kr::TOKEN_REVIEW,
+        // The control plane publishes its root here before it reports ready, and posts Events
+        // for invalid objects.
+        kr::CONFIG_MAP,
+        kr::CORE_EVENT,
     ]
 }
 
