@@ -3,14 +3,14 @@
 //! [`Report`](crate::problems::Report) as JSON, which `ambit config problems` lists.
 //!
 //! It is served on loopback by default because debug output names every object in the mesh;
-//! [`warn_if_exposed`] logs loudly when an operator binds it elsewhere. Like the readiness
-//! endpoint it is a small HTTP/1.0 responder: one GET per connection, read to EOF.
+//! [`warn_if_exposed`] logs loudly when an operator binds it elsewhere.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use http::StatusCode;
+use mesh::ops_http;
+use tokio::net::TcpListener;
 
 use crate::problems::ProblemSet;
 
@@ -31,61 +31,20 @@ pub fn warn_if_exposed(addr: SocketAddr) {
 
 /// Answers admin requests on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, problems: ProblemSet) {
-    loop {
-        let Ok((conn, _)) = listener.accept().await else {
-            // EMFILE and the like clear up as connections close; do not spin.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let problems = problems.clone();
-        tokio::spawn(async move {
-            // A silent client must not hold a task forever.
-            let _ = tokio::time::timeout(Duration::from_secs(5), answer(conn, problems)).await;
-        });
-    }
-}
-
-async fn answer(mut conn: TcpStream, problems: ProblemSet) -> std::io::Result<()> {
-    // Only the request line matters, but the whole head is read: closing a socket with unread
-    // request bytes makes the kernel send RST, which can destroy the response before the
-    // client has read it.
-    let mut buf = [0u8; 8192];
-    let mut len = 0;
-    while len < buf.len() && !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = conn.read(&mut buf[len..]).await?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-    }
-    let line = String::from_utf8_lossy(&buf[..len]);
-    let mut words = line.split_whitespace();
-    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    // `?query` is accepted and ignored, so `curl .../debug/problems?pretty` still works.
-    let path = target.split('?').next().unwrap_or("");
-    let (status, content_type, body) = match (method, path) {
-        ("GET", PROBLEMS_PATH) => match serde_json::to_string_pretty(&problems.report()) {
-            Ok(json) => ("200 OK", "application/json", json + "\n"),
-            Err(e) => (
-                "500 Internal Server Error",
-                "text/plain",
-                format!("encoding the report: {e}\n"),
-            ),
-        },
-        (_, PROBLEMS_PATH) => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET\n".to_string(),
-        ),
-        _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-    };
-    let head = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    conn.write_all(head.as_bytes()).await?;
-    conn.write_all(body.as_bytes()).await?;
-    conn.shutdown().await
+    ops_http::serve(
+        listener,
+        Arc::new(move |path| match path {
+            PROBLEMS_PATH => match serde_json::to_string_pretty(&problems.report()) {
+                Ok(json) => ops_http::respond(StatusCode::OK, "application/json", json + "\n"),
+                Err(e) => ops_http::text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("encoding the report: {e}\n"),
+                ),
+            },
+            _ => ops_http::text(StatusCode::NOT_FOUND, "not found\n"),
+        }),
+    )
+    .await
 }
 
 #[cfg(test)]

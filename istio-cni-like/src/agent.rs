@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ::http::StatusCode;
+use mesh::ops_http as http;
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
@@ -32,7 +33,6 @@ pub mod capture;
 pub mod config;
 pub mod enrollment;
 pub mod exec;
-pub mod http;
 pub mod iptables;
 pub mod kube_source;
 pub mod listeners;

@@ -12,6 +12,7 @@ pub mod certmanager;
 pub mod hbone;
 pub mod identity;
 pub mod model;
+pub mod ops_http;
 pub mod redirect;
 pub mod tls;
 pub mod xds;

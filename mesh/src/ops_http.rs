@@ -1,5 +1,11 @@
-//! The agent's small HTTP endpoints: metrics, readiness and the admin dump. Listeners are bound
-//! by the caller before anything runs, so a port conflict stops start-up.
+//! Small read-only HTTP endpoints for operations ports — readiness (15021), metrics, admin and
+//! debug dumps — of the CNI agent and the control plane (ztunnel has its own, with drain
+//! semantics, in `ztunnel/src/httpserver.rs`).
+//!
+//! hyper does the HTTP: keep-alive scrapers, HTTP/1.0 probes, pipelining and partial reads all
+//! behave as clients expect, which a hand-rolled responder gets subtly wrong. Listeners are
+//! bound by the caller before anything runs, so a port conflict stops start-up and tests can
+//! bind port 0. Only GET and HEAD are answered (405 otherwise); the query string is ignored.
 
 use std::convert::Infallible;
 use std::sync::Arc;
