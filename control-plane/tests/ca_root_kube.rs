@@ -307,17 +307,13 @@ impl Drop for TempDir {
 async fn control_plane_on_an_empty_cluster_persists_publishes_and_only_then_is_ready() {
     use control_plane::run::{self, ConfigSource, Options, Readiness};
 
-    let replay = KubeReplay::start_with(vec![
-        kr::NAMESPACE,
-        kr::POD,
-        kr::SERVICE,
-        kr::ENDPOINT_SLICE,
-        kr::AUTHORIZATION_POLICY,
-        kr::PEER_AUTHENTICATION,
-        kr::SECRET,
-        kr::CONFIG_MAP,
-        kr::TOKEN_REVIEW,
-    ])
+    let replay = KubeReplay::start_with(
+        [
+            kr::MESH_CONFIG_RESOURCES,
+            &[kr::SECRET, kr::CONFIG_MAP, kr::TOKEN_REVIEW],
+        ]
+        .concat(),
+    )
     .await
     .unwrap();
     // Publishing fails until lifted: the replica must stay unready meanwhile.

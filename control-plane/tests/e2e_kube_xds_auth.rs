@@ -20,19 +20,13 @@ const ZTUNNEL_N1_TOKEN: &str = "projected-sa-token-ztunnel-n1";
 const UNKNOWN_TOKEN: &str = "projected-sa-token-nobody-knows";
 
 fn resources() -> Vec<kr::Resource> {
-    vec![
-        kr::NAMESPACE,
-        kr::POD,
-        kr::SERVICE,
-        kr::ENDPOINT_SLICE,
-        kr::AUTHORIZATION_POLICY,
-        kr::PEER_AUTHENTICATION,
-        kr::TOKEN_REVIEW,
-        // The control plane publishes its root here before it reports ready, and posts Events
-        // for invalid objects.
-        kr::CONFIG_MAP,
-        kr::CORE_EVENT,
+    // The control plane publishes its root in a ConfigMap before it reports ready, and posts
+    // Events for invalid objects.
+    [
+        kr::MESH_CONFIG_RESOURCES,
+        &[kr::TOKEN_REVIEW, kr::CONFIG_MAP, kr::CORE_EVENT],
     ]
+    .concat()
 }
 
 /// How many TokenReviews of `token` the API server was asked for.

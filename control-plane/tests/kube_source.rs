@@ -15,14 +15,7 @@ use tokio::sync::watch;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn resources() -> Vec<kr::Resource> {
-    vec![
-        kr::NAMESPACE,
-        kr::POD,
-        kr::SERVICE,
-        kr::ENDPOINT_SLICE,
-        kr::AUTHORIZATION_POLICY,
-        kr::PEER_AUTHENTICATION,
-    ]
+    kr::MESH_CONFIG_RESOURCES.to_vec()
 }
 
 fn policy(name: &str, action: &str, app: &str) -> Value {

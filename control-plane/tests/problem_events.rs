@@ -51,17 +51,9 @@ async fn until_events(replay: &KubeReplay, n: usize) -> Vec<Value> {
 
 #[tokio::test]
 async fn a_new_problem_is_posted_once_as_a_warning_event_regarding_the_object() {
-    let replay = KubeReplay::start_with(vec![
-        kr::NAMESPACE,
-        kr::POD,
-        kr::SERVICE,
-        kr::ENDPOINT_SLICE,
-        kr::AUTHORIZATION_POLICY,
-        kr::PEER_AUTHENTICATION,
-        kr::CORE_EVENT,
-    ])
-    .await
-    .expect("replay server");
+    let replay = KubeReplay::start_with([kr::MESH_CONFIG_RESOURCES, &[kr::CORE_EVENT]].concat())
+        .await
+        .expect("replay server");
     replay
         .apply(kr::namespace(
             "shop",

@@ -293,3 +293,14 @@ pub fn service_account_token(
         audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
     }
 }
+
+/// The kinds the control plane's `--kube` source watches: a replay server for it must serve
+/// at least these (tests add what else they exercise, e.g. [`SECRET`] or [`TOKEN_REVIEW`]).
+pub const MESH_CONFIG_RESOURCES: &[Resource] = &[
+    NAMESPACE,
+    POD,
+    SERVICE,
+    ENDPOINT_SLICE,
+    AUTHORIZATION_POLICY,
+    PEER_AUTHENTICATION,
+];
