@@ -20,6 +20,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
+use mesh_kube::ExponentialBackoff;
 
 /// Default name of the ConfigMap (what ztunnel's DaemonSet mounts).
 pub const ROOT_CERT_CONFIGMAP: &str = "ambit-ca-root-cert";
@@ -51,7 +52,7 @@ pub async fn publish_root_cert(
     bundle: &str,
 ) -> Published {
     let api: Api<ConfigMap> = Api::namespaced(client, namespace);
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = ExponentialBackoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mut conflicts = 0;
     loop {
         match publish_once(&api, name, bundle).await {
@@ -66,10 +67,10 @@ pub async fn publish_root_cert(
             }
             Err(e) => {
                 conflicts = 0;
+                let delay = backoff.next().unwrap_or(BACKOFF_MAX);
                 tracing::warn!(configmap = %format!("{namespace}/{name}"), error = %e,
-                    retry_in = ?backoff, "cannot publish the mesh root certificate");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                    retry_in = ?delay, "cannot publish the mesh root certificate");
+                tokio::time::sleep(delay).await;
             }
         }
     }
