@@ -44,7 +44,7 @@ pub(super) fn answer(
         };
     }
     let namespace = target.namespace.clone().unwrap_or_default();
-    if resource.namespaced && namespace.is_empty() && *method != Method::GET {
+    if resource.namespaced && namespace.is_empty() {
         return fail(
             StatusCode::NOT_FOUND,
             "NotFound",
