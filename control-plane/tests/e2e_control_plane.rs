@@ -98,8 +98,7 @@ fn adding_a_pod_file_makes_the_pod_reachable() {
 /// a pod on another node is refused with PermissionDenied and logged by the control plane.
 #[test]
 fn node_token_cannot_obtain_an_identity_of_another_nodes_pod() {
-    use mesh::caclient::{CaClient, CaClientConfig, CaClientError, TokenSource};
-    use mesh::identity::Identity;
+    use mesh::caclient::CaClientError;
 
     let mut fx = Fixture::new("cp-nodeauthz", ztunnel_binary());
     let host = fx.bed.add_host("cp").expect("host");
@@ -119,40 +118,8 @@ fn node_token_cannot_obtain_an_identity_of_another_nodes_pod() {
     );
     let cp = ControlPlane::start(&fx, &host);
 
-    let roots = mesh::ca::CertificateAuthority::from_cacerts_dir(&fx.ca_dir)
-        .unwrap()
-        .roots()
-        .to_vec();
-    let client_id = Identity::new("cluster.local", "default", "client-sa").unwrap();
-    let server_id = Identity::new("cluster.local", "default", "server-sa").unwrap();
-    let address = cp.address();
     // From n1's network, as n1's ztunnel would ask.
-    let (own, other) = n1.netns.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let ca = CaClient::new(CaClientConfig {
-                address,
-                roots,
-                server_identity: Identity::new(
-                    "cluster.local",
-                    "istio-system",
-                    "ambit-control-plane",
-                )
-                .unwrap(),
-                token: TokenSource::Static(TOKEN_N1.into()),
-                lifetime: Duration::from_secs(600),
-                cluster_id: None,
-            })
-            .unwrap();
-            (
-                ca.fetch_certificate(&client_id).await,
-                ca.fetch_certificate(&server_id).await,
-            )
-        })
-    });
+    let (own, other) = fetch_certificates(&fx, &cp, &n1, TOKEN_N1);
     assert_eq!(
         own.expect("n1 may have its own pod's identity")
             .identity

@@ -9,8 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mesh::caclient::{CaClient, CaClientConfig, CaClientError, TokenSource};
-use mesh::identity::Identity;
+use mesh::caclient::CaClientError;
 use testbed::kube_replay::{self as kr, KubeReplay};
 
 /// What ztunnel-n1's projected token (audience `istio-ca`) is, as far as the fake API server
@@ -156,52 +155,6 @@ fn ztunnel_with_only_a_service_account_token_gets_config_and_certificates() {
     );
     let dump = z2.config_dump();
     assert!(!has_workload(&dump, "client"), "n2 got config: {dump}");
-}
-
-type Fetched = Result<mesh::cert::WorkloadCertificate, CaClientError>;
-
-/// From `node`'s network, with `token`: a certificate for the client pod's identity and one
-/// for an identity no pod on any node runs as.
-fn fetch_certificates(
-    fx: &Fixture,
-    cp: &ControlPlane,
-    node: &Node,
-    token: &str,
-) -> (Fetched, Fetched) {
-    let roots = mesh::ca::CertificateAuthority::from_cacerts_dir(&fx.ca_dir)
-        .unwrap()
-        .roots()
-        .to_vec();
-    let address = cp.address();
-    let token = token.to_string();
-    node.netns.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let ca = CaClient::new(CaClientConfig {
-                address,
-                roots,
-                server_identity: Identity::new(
-                    "cluster.local",
-                    "istio-system",
-                    "ambit-control-plane",
-                )
-                .unwrap(),
-                token: TokenSource::Static(token),
-                lifetime: Duration::from_secs(600),
-                cluster_id: None,
-            })
-            .unwrap();
-            let own = Identity::new("cluster.local", "default", "client-sa").unwrap();
-            let foreign = Identity::new("cluster.local", "default", "server-sa").unwrap();
-            (
-                ca.fetch_certificate(&own).await,
-                ca.fetch_certificate(&foreign).await,
-            )
-        })
-    })
 }
 
 fn rpc_code(result: Fetched) -> Option<tonic::Code> {

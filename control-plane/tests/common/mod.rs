@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::Duration;
 
+use mesh::caclient::{CaClient, CaClientConfig, CaClientError, TokenSource};
+use mesh::identity::Identity;
+
 pub use testbed::fixture::*;
 pub use testbed::{Node, Pod};
 
@@ -266,4 +269,51 @@ pub fn try_greeting(from: &Pod, to: SocketAddr) -> std::io::Result<(Client, Stri
     c.stream.set_read_timeout(Some(Duration::from_secs(3)))?;
     let g = c.greeting()?;
     Ok((c, g))
+}
+
+pub type Fetched = Result<mesh::cert::WorkloadCertificate, CaClientError>;
+
+/// From `node`'s network, as its ztunnel would ask, with `token`: certificates for
+/// `default/client-sa` and `default/server-sa` (what the CA may grant depends on which of those
+/// identities run on `node`).
+pub fn fetch_certificates(
+    fx: &Fixture,
+    cp: &ControlPlane,
+    node: &Node,
+    token: &str,
+) -> (Fetched, Fetched) {
+    let roots = mesh::ca::CertificateAuthority::from_cacerts_dir(&fx.ca_dir)
+        .unwrap()
+        .roots()
+        .to_vec();
+    let address = cp.address();
+    let token = token.to_string();
+    node.netns.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ca = CaClient::new(CaClientConfig {
+                address,
+                roots,
+                server_identity: Identity::new(
+                    "cluster.local",
+                    "istio-system",
+                    "ambit-control-plane",
+                )
+                .unwrap(),
+                token: TokenSource::Static(token),
+                lifetime: Duration::from_secs(600),
+                cluster_id: None,
+            })
+            .unwrap();
+            let client = Identity::new("cluster.local", "default", "client-sa").unwrap();
+            let server = Identity::new("cluster.local", "default", "server-sa").unwrap();
+            (
+                ca.fetch_certificate(&client).await,
+                ca.fetch_certificate(&server).await,
+            )
+        })
+    })
 }
