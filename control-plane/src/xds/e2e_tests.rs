@@ -216,6 +216,25 @@ impl Client {
         })
         .await;
     }
+
+    /// NACKs `r` with `reason`, then waits until the server has processed it: requests on one
+    /// stream are handled in order, so once a later subscription is answered, the NACK before
+    /// it has been recorded.
+    async fn nack_and_sync(&mut self, r: &DeltaDiscoveryResponse, reason: &str) {
+        self.send(DeltaDiscoveryRequest {
+            type_url: r.type_url.clone(),
+            response_nonce: r.nonce.clone(),
+            error_detail: Some(Status {
+                code: 3,
+                message: reason.into(),
+                details: vec![],
+            }),
+            ..DeltaDiscoveryRequest::default()
+        })
+        .await;
+        self.subscribe(PEER_AUTHENTICATION_TYPE_URL).await;
+        assert_eq!(self.recv().await.type_url, PEER_AUTHENTICATION_TYPE_URL);
+    }
 }
 
 fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
@@ -277,21 +296,7 @@ async fn a_nack_is_recorded_with_node_and_reason_and_not_retried() {
     c.subscribe(AUTHORIZATION_TYPE_URL).await;
     let first = c.recv().await;
     assert_eq!(names(&first), ["shop/p1"]);
-    c.send(DeltaDiscoveryRequest {
-        type_url: AUTHORIZATION_TYPE_URL.into(),
-        response_nonce: first.nonce.clone(),
-        error_detail: Some(Status {
-            code: 3,
-            message: "unsupported policy shape".into(),
-            details: vec![],
-        }),
-        ..DeltaDiscoveryRequest::default()
-    })
-    .await;
-    // Requests on one stream are handled in order: once this subscription is answered, the
-    // NACK before it has been processed.
-    c.subscribe(PEER_AUTHENTICATION_TYPE_URL).await;
-    assert_eq!(c.recv().await.type_url, PEER_AUTHENTICATION_TYPE_URL);
+    c.nack_and_sync(&first, "unsupported policy shape").await;
     let nacks = h.server.recent_nacks();
     assert_eq!(nacks.len(), 1);
     assert!(nacks[0].node_id.starts_with("ztunnel~10.0.0.1~"));
@@ -451,19 +456,7 @@ async fn service_account_tokens_open_xds_streams_through_token_review() {
     let first = c.recv().await;
     assert_eq!(names(&first), ["shop/p1"]);
     // The caller's node and identity are what the stream is logged and recorded under.
-    c.send(DeltaDiscoveryRequest {
-        type_url: AUTHORIZATION_TYPE_URL.into(),
-        response_nonce: first.nonce.clone(),
-        error_detail: Some(Status {
-            code: 3,
-            message: "rejected".into(),
-            details: vec![],
-        }),
-        ..DeltaDiscoveryRequest::default()
-    })
-    .await;
-    c.subscribe(PEER_AUTHENTICATION_TYPE_URL).await;
-    assert_eq!(c.recv().await.type_url, PEER_AUTHENTICATION_TYPE_URL);
+    c.nack_and_sync(&first, "rejected").await;
     assert_eq!(
         h.server.recent_nacks()[0].caller,
         "node-a (spiffe://cluster.local/ns/istio-system/sa/ztunnel)"
