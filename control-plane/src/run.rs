@@ -203,6 +203,13 @@ fn own_namespace(opts: &Options, client: &kube::Client) -> String {
         .unwrap_or_else(|| client.default_namespace().to_owned())
 }
 
+/// Binds one of the control plane's ports; the error names which.
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { what, addr, source })
+}
+
 /// Runs until `shutdown` completes, then stops accepting and returns.
 pub async fn run(
     opts: Options,
@@ -291,28 +298,9 @@ pub async fn run(
     );
     let tls = xds::tls::server_config(ca, opts.identity.clone(), opts.serving_cert_lifetime)?;
 
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .map_err(|source| RunError::Bind {
-            what: "xDS/CA port",
-            addr: opts.listen,
-            source,
-        })?;
-    let ready_listener =
-        TcpListener::bind(opts.readiness)
-            .await
-            .map_err(|source| RunError::Bind {
-                what: "readiness",
-                addr: opts.readiness,
-                source,
-            })?;
-    let admin_listener = TcpListener::bind(opts.admin)
-        .await
-        .map_err(|source| RunError::Bind {
-            what: "admin",
-            addr: opts.admin,
-            source,
-        })?;
+    let listener = bind("xDS/CA port", opts.listen).await?;
+    let ready_listener = bind("readiness", opts.readiness).await?;
+    let admin_listener = bind("admin", opts.admin).await?;
     crate::admin::warn_if_exposed(opts.admin);
     let _admin_task = AbortOnDrop(tokio::spawn(crate::admin::serve(admin_listener, problems)));
     let ready_task = tokio::spawn(readiness.clone().serve(ready_listener));
